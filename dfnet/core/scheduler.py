@@ -1,0 +1,356 @@
+"""The scheduling loop: a child's request for work becomes (piece, parent) assignments.
+
+Owns the decision, for one task, of what a peer should do next: fetch these pieces from
+these parents, wait, go back to the source, or stop because it is done. The swarm holds the
+state; a `PieceSelector` (any policy from `models`) scores the candidates.
+
+Rules kept here, in order, for one request:
+1. Candidate pieces: those the child lacks, nobody is sending it, and some online peer holds;
+   the `piece_candidates / 2` rarest of them first.
+2. Candidate parents: up to `parents_per_piece` open holders (online, with a free upload
+   slot) of each of those rarest pieces, drawn at random with a bounded number of tries;
+   then open parents themselves, each offering the rarest and a random one of the needed
+   pieces it holds: a random sample of open peers (a swarm whose uplinks are mostly busy
+   still finds its free ones fast), the seeds (few, and the parents of last resort when
+   every peer holding a piece is busy, as in Dragonfly 1), and a parent that just freed a
+   slot for this child (a hint from a wake-up). So rarest-first and random piece choices
+   both find what they look for. Filtered before scoring: offline peers, the child itself,
+   the child's blocklist, parents whose upload slots are full, and bad parents while anybody
+   else can serve.
+3. The selector scores the whole batch in one call; the best pairs are assigned greedily,
+   one per piece, while the parent has free slots, up to the child's free download slots.
+   The rest of the ranking is kept for `batch_reuse_s`: the child's next free slots take the
+   next pairs still valid (piece still needed, parent open), so a decision is paid once per
+   few pieces, not once per piece. This is how Dragonfly 2 hands a child parents to use for a
+   while, and the answer to Kraken's critique of per-piece coordination.
+4. No candidate: the child waits `retry_interval_s` if a parent exists or will exist (a busy
+   parent, a seed still fetching). If nobody holds or produces a piece it needs for
+   `retry_limit` tries in a row, it goes back to the source, while fewer than
+   `back_source_limit` peers of the task have (Dragonfly 2's rule, counted only when no
+   parent exists, not when parents are busy: a flash crowd must not send 200 peers to the
+   origin).
+"""
+from __future__ import annotations
+
+import random
+from heapq import heappop, heappush
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from models.interfaces import COL, N_FEATURES, CandidateBatch, PeerView, PieceSelector
+
+from .swarm import PARENT_FIRST, PARENT_LAST, Swarm
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    concurrent_pieces: int = 4      # pieces in flight per child (Dragonfly 1's limit)
+    piece_candidates: int = 8
+    parents_per_piece: int = 3
+    holder_tries: int = 6           # random holders looked at per candidate piece
+    open_sample: int = 8            # open peers sampled when holders are mostly busy
+    retry_interval_s: float = 0.5   # Dragonfly 2: retry 5 times, 500 ms apart
+    retry_limit: int = 5
+    back_source_limit: int = 200
+    batch_reuse_s: float = 1.0      # 0: score afresh for every free slot
+    max_backoff_s: float = 4.0      # a waiting child's own retries back off up to this
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    piece: int
+    parent: int
+    features: np.ndarray | None = None   # the row the selector scored, for traces
+
+
+@dataclass(slots=True)
+class Decision:
+    """What the child should do now. `kind` is one of the class constants."""
+
+    kind: str
+    assignments: list[Assignment] = field(default_factory=list)
+    retry_after: float = 0.0
+    candidates: int = 0
+
+    ASSIGN = "assign"
+    WAIT = "wait"
+    BACK_TO_SOURCE = "back-to-source"
+    DONE = "done"
+
+
+_DONE = Decision(Decision.DONE)
+WAKE_SCAN = 16      # waiting children looked at per freed slot
+_EMPTY = np.zeros(0, dtype=np.int64)
+
+
+@dataclass(slots=True)
+class _Ranking:
+    """A scored batch whose best pairs were not all used yet."""
+
+    expires: float
+    order: list[int]          # rows of `batch`, best first, not yet used
+    batch: CandidateBatch
+
+
+class Scheduler:
+    """Turns requests into decisions for one task's swarm using one piece selector."""
+
+    def __init__(self, swarm: Swarm, selector: PieceSelector, config: SchedulerConfig = SchedulerConfig(),
+                 seed: int = 0, keep_features: bool = False):
+        self.swarm = swarm
+        self.selector = selector
+        self.config = config
+        self.keep_features = keep_features
+        self._rand = random.Random(seed).random
+        self._rng = np.random.default_rng(seed)
+        self.decisions = 0
+        self._rankings: dict[int, _Ranking] = {}
+        self._hints: dict[int, int] = {}    # child -> a parent that just became free for it
+        self._waits: dict[int, int] = {}    # child -> requests in a row that found nothing
+        # children waiting for a parent: a heap by (pieces held, arrival in the queue), so a
+        # freed slot goes to the child furthest behind; the last host's finish depends on it
+        self._waiting: list[tuple[int, int, int]] = []
+        self._is_waiting: set[int] = set()
+        self._queue_seq = 0
+
+    # ---- events from the I/O shell: each returns the waiting children to ask again now -----
+    def piece_done(self, child: int, piece: int, parent: int, nbytes: int, cost_s: float,
+                   now: float) -> list[int]:
+        """A verified piece arrived: the parent has a free slot, the child one more piece."""
+        self.swarm.finish_transfer(child, piece, parent, nbytes, cost_s, now)
+        return self._wake_for(parent) + self._wake_for(child, piece)
+
+    def piece_failed(self, child: int, piece: int, parent: int, *, corrupt: bool = False) -> list[int]:
+        self.swarm.fail_transfer(child, piece, parent, corrupt=corrupt)
+        return self._wake_for(parent)
+
+    def piece_added(self, peer: int, piece: int) -> list[int]:
+        """A seed or a back-to-source peer cut a new piece from the origin."""
+        self.swarm.add_piece(peer, piece)
+        sw = self.swarm
+        return self._wake_for(peer, piece, n=int(sw.slots[peer] - sw.uploads[peer]))
+
+    def _wake_for(self, parent: int, piece: int | None = None, n: int = 1) -> list[int]:
+        """Waiting children that `parent` can serve now (with `piece`, if given).
+
+        The children furthest behind come first (up to `WAKE_SCAN` are looked at). Each is
+        handed `parent` as a hint its next request considers, so the freed slot is found
+        without a search; children passed over keep their place.
+        """
+        sw = self.swarm
+        waiting = self._waiting
+        if not sw.open_flags[parent] or not waiting:
+            return []
+        out: list[int] = []
+        passed: list[tuple[int, int, int]] = []
+        scanned = 0
+        while waiting and len(out) < n and scanned < WAKE_SCAN:
+            entry = heappop(waiting)
+            child = entry[2]
+            if child not in self._is_waiting:
+                continue                        # woken or served since it queued
+            if not sw.online[child] or sw.finished[child] == sw.n_pieces:
+                self._is_waiting.discard(child)
+                continue
+            scanned += 1
+            if piece is not None:
+                ok = bool(sw.lack[child, piece]) and piece not in sw.running[child]
+            else:
+                ok = bool((sw.have[parent] & sw.lack[child]).any())
+            if ok and child != parent:
+                self._is_waiting.discard(child)
+                self._hints[child] = parent
+                out.append(child)
+            else:
+                passed.append(entry)
+        for entry in passed:
+            heappush(waiting, entry)
+        return out
+
+    def _wait(self, child: int) -> Decision:
+        """Queue the child for a wake-up; its own retry backs off, since wake-ups do the work."""
+        if child not in self._is_waiting:
+            self._is_waiting.add(child)
+            self._queue_seq += 1
+            heappush(self._waiting, (self.swarm.finished[child], self._queue_seq, child))
+        k = min(self._waits.get(child, 0), 16)
+        self._waits[child] = k + 1
+        cfg = self.config
+        return Decision(Decision.WAIT, retry_after=min(cfg.retry_interval_s * 2 ** k, cfg.max_backoff_s))
+
+    def request(self, child: int, now: float) -> Decision:
+        """The child has free download slots and asks what to fetch."""
+        sw, cfg = self.swarm, self.config
+        if sw.finished[child] == sw.n_pieces:
+            return _DONE
+        running = sw.running[child]
+        want = cfg.concurrent_pieces - len(running)
+        if want <= 0:
+            return Decision(Decision.WAIT, retry_after=cfg.retry_interval_s)
+        if running and self._waiting and child not in self._hints and child not in self._is_waiting:
+            # parents are scarce and others queue for them already: join the queue rather than
+            # search; freed slots go to the queue in order, so the wait is fair and cheap
+            return self._wait(child)
+        out: list[Assignment] = []
+        ranking = self._rankings.get(child)
+        if ranking is not None:
+            if ranking.expires >= now:
+                self._take(child, ranking, want, out)
+                if len(out) == want:
+                    return Decision(Decision.ASSIGN, out, candidates=len(ranking.batch))
+            del self._rankings[child]
+        pieces, parents, available = self._candidates(child, running, self._hints.pop(child, -1))
+        if len(pieces) == 0:
+            return Decision(Decision.ASSIGN, out) if out else self._no_candidates(child, available)
+        self._waits.pop(child, None)
+        self.decisions += 1
+        batch = self._batch(child, running, pieces, parents)
+        if len(pieces) > 1:
+            view = PeerView(child, sw.peers[child].idc, sw.peers[child].location,
+                            sw.finished[child], sw.n_pieces, len(running))
+            order = np.argsort(-self.selector.score(view, batch, now), kind="stable").tolist()
+        else:
+            order = [0]
+        ranking = _Ranking(now + cfg.batch_reuse_s, order, batch)
+        self._take(child, ranking, want, out, kept=False)
+        if ranking.order and cfg.batch_reuse_s > 0:
+            self._rankings[child] = ranking
+        if not out:              # every pair lost its slot to an earlier pick of this batch
+            return self._wait(child)
+        return Decision(Decision.ASSIGN, out, candidates=len(batch))
+
+    # ---- steps ---------------------------------------------------------------------------
+    def _candidates(self, child: int, running: set[int], hint: int) -> tuple[np.ndarray, np.ndarray, bool]:
+        """Candidate (piece, parent) pairs, and whether any needed piece has an online holder."""
+        sw, cfg = self.swarm, self.config
+        needed = sw.available & sw.lack[child]
+        if running:
+            needed[list(running)] = False
+        idx = np.flatnonzero(needed)
+        n_idx = len(idx)
+        if n_idx == 0:
+            return _EMPTY, _EMPTY, False
+        pieces: list[int] = []
+        parents: list[int] = []
+        # the rarest needed pieces, each from a few of its open holders
+        half = cfg.piece_candidates // 2
+        rarest = idx[np.argpartition(sw.count[idx], half)[:half]] if n_idx > half else idx
+        per, tries = cfg.parents_per_piece, cfg.holder_tries
+        holders, open_, rand = sw.holders, sw.open_flags, self._rand
+        for piece in rarest.tolist():
+            hl = holders[piece]
+            n = len(hl)
+            if n <= tries:
+                found = [h for h in hl if open_[h] and h != child][:per]
+            else:
+                found = []
+                for _ in range(tries):
+                    h = hl[int(rand() * n)]
+                    if open_[h] and h != child and h not in found:
+                        found.append(h)
+                        if len(found) == per:
+                            break
+            parents.extend(found)
+            pieces.extend([piece] * len(found))
+        # open parents themselves: the seeds, the hinted parent and a random sample of open
+        # peers, each with the rarest and a random one of the needed pieces it holds
+        pool = sw.open_list
+        m = len(pool)
+        others = {pool[int(rand() * m)] for _ in range(min(cfg.open_sample, m))}
+        others.update(s for s in sw.seeds if open_[s])
+        if hint >= 0 and open_[hint]:
+            others.add(hint)
+        others.discard(child)
+        if others:
+            self._offers(np.fromiter(others, dtype=np.int64, count=len(others)), needed, pieces, parents)
+        if not parents:
+            return _EMPTY, _EMPTY, True
+        par = np.array(parents, dtype=np.int64)
+        pcs = np.array(pieces, dtype=np.int64)
+        blocked = sw.blocklist[child]
+        if blocked:
+            ok = ~np.isin(par, list(blocked))
+            par, pcs = par[ok], pcs[ok]
+        if sw.n_bad:
+            good = ~sw.bad[par]
+            if good.any():
+                par, pcs = par[good], pcs[good]
+        return pcs, par, True
+
+    def _offers(self, sample: np.ndarray, needed: np.ndarray, pieces: list[int], parents: list[int]) -> None:
+        """For each sampled parent holding something needed: its rarest and a random such piece."""
+        sw = self.swarm
+        offer = sw.have[sample] & needed
+        rows = np.flatnonzero(offer.any(axis=1))
+        if len(rows) == 0:
+            return
+        offer = offer[rows]
+        sample = sample[rows].tolist()
+        rare = np.argmin(np.where(offer, sw.count, np.iinfo(np.int64).max), axis=1).tolist()
+        shift = int(self._rand() * sw.n_pieces)
+        drawn = ((np.argmax(np.roll(offer, -shift, axis=1), axis=1) + shift) % sw.n_pieces).tolist()
+        for p, a, b in zip(sample, rare, drawn):
+            parents.append(p)
+            pieces.append(a)
+            if b != a:
+                parents.append(p)
+                pieces.append(b)
+
+    def _batch(self, child: int, running: set[int], pieces: np.ndarray,
+               parents: np.ndarray) -> CandidateBatch:
+        sw = self.swarm
+        n_pieces = sw.n_pieces
+        x = np.empty((len(pieces), N_FEATURES))
+        holders = sw.count[pieces]
+        x[:, COL["piece_holders"]] = holders
+        x[:, COL["piece_rarity"]] = holders / max(sw.online_peers, 1)
+        x[:, COL["piece_position"]] = pieces / n_pieces
+        if running:
+            x[:, COL["piece_distance"]] = np.abs(pieces - sum(running) / len(running)) / n_pieces
+        else:
+            x[:, COL["piece_distance"]] = 0.0
+        x[:, PARENT_FIRST:PARENT_LAST + 1] = sw.pfeat[parents]
+        x[:, COL["same_idc"]] = sw.idc[parents] == sw.idc[child]
+        x[:, COL["location_match"]] = sw.location_match(parents, child)
+        x[:, COL["child_finished"]] = sw.finished[child] / n_pieces
+        x[:, COL["child_download_bps"]] = sw.peers[child].download_bps
+        return CandidateBatch(pieces, parents, x)
+
+    def _take(self, child: int, ranking: _Ranking, want: int, out: list[Assignment],
+              kept: bool = True) -> None:
+        """Assign the best still-valid pairs of a ranking, one per piece, while slots last.
+
+        A kept ranking also skips parents flagged bad since it was scored; a fresh one was
+        filtered already (bad parents stay in it only when nobody else can serve)."""
+        sw = self.swarm
+        batch = ranking.batch
+        pieces, parents = batch.piece, batch.parent
+        lack, open_, running = sw.lack, sw.open, sw.running[child]
+        blocked = sw.blocklist[child]
+        order = ranking.order
+        used = 0
+        for used, i in enumerate(order, 1):
+            piece = int(pieces[i])
+            parent = int(parents[i])
+            if piece in running or not lack[child, piece] or not open_[parent] or parent in blocked \
+                    or (kept and sw.n_bad and sw.bad[parent]):
+                continue
+            sw.start_transfer(child, piece, parent)
+            out.append(Assignment(piece, parent, batch.x[i].copy() if self.keep_features else None))
+            if len(out) == want:
+                break
+        del order[:used]
+
+    def _no_candidates(self, child: int, available: bool) -> Decision:
+        """Nothing to assign: wait for a busy or future parent, or go back to the source."""
+        sw, cfg = self.swarm, self.config
+        if available or sw.running[child] or child in sw.back_sourced or (sw.producing - {child}):
+            sw.no_parent_tries[child] = 0
+            return self._wait(child)
+        sw.no_parent_tries[child] += 1
+        if sw.no_parent_tries[child] >= cfg.retry_limit and len(sw.back_sourced) < cfg.back_source_limit:
+            sw.back_sourced.add(child)
+            return Decision(Decision.BACK_TO_SOURCE)
+        self._wait(child)
+        return Decision(Decision.WAIT, retry_after=cfg.retry_interval_s)    # no back-off here

@@ -1,0 +1,306 @@
+"""Per-task swarm state: who holds which piece, who uploads what, and how parents behaved.
+
+Owns, for one task: the peers (normal peers and seeds) with their bitfields, the holder list
+and online holder count of every piece, upload-slot accounting, pieces in flight per child,
+per-parent history (serve successes and failures, piece costs, recent bytes sent), blocklists,
+and bad-parent flags. It also keeps each parent's feature row for `models.interfaces.FEATURES`
+up to date, so building a candidate batch is a gather, not a loop.
+
+Rules kept here:
+- Nothing here does I/O or reads a clock; every event carries `now`.
+- A peer's index is its position in this swarm (0, 1, ...), stable for the task's life.
+- Upload slots are taken when a transfer is assigned and given back when it ends, well or not.
+  A peer has the policy's slot count, but never more than its uplink can feed at
+  `min_upload_bps` each (rounded up): a 10 Gbps seed with 2,000 slots would hand out 5 Mbps trickles that
+  keep children waiting on it while their neighbours' uplinks idle.
+- `count[piece]` counts online holders only; a peer that leaves stops counting at once.
+- Bad parent (Dragonfly 2): its last piece cost more than mean + 3 sigma of its history, or
+  more than 20x the mean while the history is short. A bad parent is skipped while others
+  can serve; the flag clears with its next normal piece.
+- Recent traffic is kept as exponentially decayed byte counters (tau 5 s for the current
+  rate, 60 s for "bytes sent last minute"), updated when a piece ends, so no timers are needed.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from models.interfaces import COL, N_FEATURES
+
+from .task import Task
+
+LOCATION_LEVELS = 5
+SHORT_HISTORY = 30          # below this many samples the 20x-mean rule applies
+TAU_RATE_S = 5.0
+TAU_MINUTE_S = 60.0
+
+# Parent columns of the feature table live contiguously: one gather fills them all.
+PARENT_FIRST = COL["parent_is_seed"]
+PARENT_LAST = COL["parent_order"]
+_P = {name: COL[name] - PARENT_FIRST for name in (
+    "parent_is_seed", "parent_finished", "parent_completed", "parent_upload_success",
+    "parent_free_slots", "parent_uploads", "parent_upload_bps", "parent_tx_bps",
+    "parent_sent_last_min", "parent_mean_cost_s", "parent_order")}
+N_PARENT_COLS = PARENT_LAST - PARENT_FIRST + 1
+assert N_PARENT_COLS == len(_P) and N_FEATURES > PARENT_LAST
+
+
+@dataclass(slots=True)
+class PeerInfo:
+    """What the swarm remembers of a peer that never changes."""
+
+    key: object               # the I/O shell's name for the peer (host id, address, ...)
+    is_seed: bool
+    idc: str
+    location: str
+    upload_bps: float
+    download_bps: float
+
+
+class _Locations:
+    """Distinct locations and how many leading '|' parts each pair shares, / 5.
+
+    Scenarios and fleets have few distinct locations, so a small table answers every
+    (parent, child) pair with one gather.
+    """
+
+    def __init__(self) -> None:
+        self._ids: dict[str, int] = {}
+        self._parts: list[list[str]] = []
+        self.match = np.zeros((0, 0))
+
+    def id(self, location: str) -> int:
+        i = self._ids.get(location)
+        if i is not None:
+            return i
+        i = self._ids[location] = len(self._parts)
+        parts = [p for p in location.split("|") if p][:LOCATION_LEVELS] if location else []
+        self._parts.append(parts)
+        n = len(self._parts)
+        match = np.zeros((n, n))
+        match[: n - 1, : n - 1] = self.match
+        for j, other in enumerate(self._parts):
+            common = 0
+            for a, b in zip(parts, other):
+                if a != b:
+                    break
+                common += 1
+            match[i, j] = match[j, i] = common / LOCATION_LEVELS
+        self.match = match
+        return i
+
+
+class Swarm:
+    """All state of one task's swarm. The scheduler reads it; events update it."""
+
+    def __init__(self, task: Task, upload_slots: int, seed_upload_slots: int,
+                 min_upload_bps: float = 0.0, capacity: int = 64):
+        self.task = task
+        self.min_upload_bps = min_upload_bps
+        self.n_pieces = task.n_pieces
+        self.upload_slots = upload_slots
+        self.seed_upload_slots = seed_upload_slots
+        self.peers: list[PeerInfo] = []
+        self.seeds: list[int] = []          # supernodes: few, always considered as parents
+        self.open_list: list[int] = []      # open peers, in no order (swap-remove)
+        self._open_pos: dict[int, int] = {}
+        self.online_peers = 0
+        self.count = np.zeros(self.n_pieces, dtype=np.int64)
+        self.available = np.zeros(self.n_pieces, dtype=np.bool_)    # count > 0
+        self.holders: list[list[int]] = [[] for _ in range(self.n_pieces)]
+        self._idc_codes: dict[str, int] = {}
+        self._locations = _Locations()
+        # per-peer state kept as Python lists where the scheduler reads scalars in loops,
+        # and as arrays where it gathers many at once
+        self.running: list[set[int]] = []
+        self.blocklist: list[set[int]] = []
+        self.finished: list[int] = []
+        self.no_parent_tries: list[int] = []
+        self.back_sourced: set[int] = set()
+        self.n_bad = 0                      # how many parents are flagged bad now
+        self.producing: set[int] = set()    # peers fetching from the origin right now
+        self._served_ok: list[int] = []
+        self._served_fail: list[int] = []
+        self._cost: list[list[float]] = []  # [n, mean, M2, last] per parent (Welford)
+        self._sent: list[list[float]] = []  # [t, decayed 5 s, decayed 60 s]
+        self._alloc(capacity)
+
+    # ---- storage -------------------------------------------------------------------------
+    def _alloc(self, capacity: int) -> None:
+        n = len(self.peers)
+
+        def grow(old: np.ndarray | None, shape: tuple[int, ...], dtype, fill) -> np.ndarray:
+            new = np.full(shape, fill, dtype=dtype)
+            if old is not None:
+                new[:n] = old[:n]
+            return new
+
+        self.have = grow(getattr(self, "have", None), (capacity, self.n_pieces), np.bool_, False)
+        # `lack` is `~have`, kept so the hot path needs no negation
+        self.lack = grow(getattr(self, "lack", None), (capacity, self.n_pieces), np.bool_, True)
+        self.pfeat = grow(getattr(self, "pfeat", None), (capacity, N_PARENT_COLS), np.float64, 0.0)
+        self.online = grow(getattr(self, "online", None), (capacity,), np.bool_, False)
+        # online and with a free upload slot: the filter every candidate parent passes
+        self.open = grow(getattr(self, "open", None), (capacity,), np.bool_, False)
+        # the same flags as bytes, for the scheduler's scalar loops (much faster to index)
+        self.open_flags = bytearray(self.open.tobytes())
+        self.uploads = grow(getattr(self, "uploads", None), (capacity,), np.int64, 0)
+        self.slots = grow(getattr(self, "slots", None), (capacity,), np.int64, 0)
+        self.bad = grow(getattr(self, "bad", None), (capacity,), np.bool_, False)
+        self.idc = grow(getattr(self, "idc", None), (capacity,), np.int64, -1)
+        self.loc = grow(getattr(self, "loc", None), (capacity,), np.int64, 0)
+        self.capacity = capacity
+
+    def add_peer(self, key: object, *, is_seed: bool = False, idc: str = "", location: str = "",
+                 upload_bps: float = 0.0, download_bps: float = 0.0) -> int:
+        """Register a peer (or seed) with the task and return its index."""
+        i = len(self.peers)
+        if i == self.capacity:
+            self._alloc(self.capacity * 2)
+        self.peers.append(PeerInfo(key, is_seed, idc, location, upload_bps, download_bps))
+        if is_seed:
+            self.seeds.append(i)
+        self.online[i] = True
+        self.online_peers += 1
+        slots = self.seed_upload_slots if is_seed else self.upload_slots
+        if self.min_upload_bps > 0 and upload_bps > 0:
+            slots = min(slots, max(1, math.ceil(upload_bps / self.min_upload_bps - 1e-9)))
+        self.slots[i] = slots
+        self._set_open(i, True)
+        self.idc[i] = self._idc_codes.setdefault(idc, len(self._idc_codes))
+        self.loc[i] = self._locations.id(location)
+        row = self.pfeat[i]
+        row[_P["parent_is_seed"]] = 1.0 if is_seed else 0.0
+        row[_P["parent_upload_success"]] = 1.0
+        row[_P["parent_free_slots"]] = 1.0
+        row[_P["parent_upload_bps"]] = upload_bps
+        row[_P["parent_order"]] = i
+        self.running.append(set())
+        self.blocklist.append(set())
+        self.finished.append(0)
+        self.no_parent_tries.append(0)
+        self._served_ok.append(0)
+        self._served_fail.append(0)
+        self._cost.append([0.0, 0.0, 0.0, 0.0])
+        self._sent.append([0.0, 0.0, 0.0])
+        return i
+
+    # ---- pieces --------------------------------------------------------------------------
+    def add_piece(self, peer: int, piece: int) -> None:
+        """`peer` now holds `piece` (verified)."""
+        if self.have[peer, piece]:
+            return
+        self.have[peer, piece] = True
+        self.lack[peer, piece] = False
+        self.holders[piece].append(peer)
+        if self.online[peer]:
+            self.count[piece] += 1
+            self.available[piece] = True
+        done = self.finished[peer] + 1
+        self.finished[peer] = done
+        row = self.pfeat[peer]
+        row[_P["parent_finished"]] = done / self.n_pieces
+        if done == self.n_pieces:
+            row[_P["parent_completed"]] = 1.0
+
+    def is_complete(self, peer: int) -> bool:
+        return self.finished[peer] == self.n_pieces
+
+    # ---- transfers -----------------------------------------------------------------------
+    def start_transfer(self, child: int, piece: int, parent: int) -> None:
+        self.running[child].add(piece)
+        self._set_uploads(parent, int(self.uploads[parent]) + 1)
+
+    def finish_transfer(self, child: int, piece: int, parent: int, nbytes: int, cost_s: float,
+                        now: float) -> None:
+        """A verified piece arrived at `child` from `parent` after `cost_s` seconds."""
+        self.running[child].discard(piece)
+        self._set_uploads(parent, int(self.uploads[parent]) - 1)
+        self._served_ok[parent] += 1
+        self._update_success(parent)
+        self._record_sent(parent, nbytes, now)
+        self._record_cost(parent, cost_s * self.task.piece_size / max(nbytes, 1))
+        self.no_parent_tries[child] = 0
+        self.add_piece(child, piece)
+
+    def fail_transfer(self, child: int, piece: int, parent: int, *, corrupt: bool = False) -> None:
+        """A transfer ended without a good piece; a corrupt piece blocklists its parent."""
+        self.running[child].discard(piece)
+        self._set_uploads(parent, int(self.uploads[parent]) - 1)
+        self._served_fail[parent] += 1
+        self._update_success(parent)
+        if corrupt or not self.online[parent]:
+            self.blocklist[child].add(parent)
+
+    def _set_uploads(self, parent: int, n: int) -> None:
+        self.uploads[parent] = n
+        self._set_open(parent, bool(n < self.slots[parent] and self.online[parent]))
+        row = self.pfeat[parent]
+        row[_P["parent_uploads"]] = n
+        row[_P["parent_free_slots"]] = max(0.0, 1.0 - n / self.slots[parent])
+
+    def _set_open(self, peer: int, is_open: bool) -> None:
+        if self.open_flags[peer] == is_open:
+            return
+        self.open[peer] = is_open
+        self.open_flags[peer] = is_open
+        if is_open:
+            self._open_pos[peer] = len(self.open_list)
+            self.open_list.append(peer)
+        else:
+            pos = self._open_pos.pop(peer)
+            last = self.open_list.pop()
+            if last != peer:
+                self.open_list[pos] = last
+                self._open_pos[last] = pos
+
+    def _update_success(self, parent: int) -> None:
+        ok, fail = self._served_ok[parent], self._served_fail[parent]
+        self.pfeat[parent, _P["parent_upload_success"]] = ok / (ok + fail)
+
+    def _record_sent(self, parent: int, nbytes: int, now: float) -> None:
+        s = self._sent[parent]
+        dt = max(0.0, now - s[0])
+        s[0] = now
+        s[1] = s[1] * math.exp(-dt / TAU_RATE_S) + nbytes
+        s[2] = s[2] * math.exp(-dt / TAU_MINUTE_S) + nbytes
+        row = self.pfeat[parent]
+        row[_P["parent_tx_bps"]] = s[1] / TAU_RATE_S
+        row[_P["parent_sent_last_min"]] = s[2]
+
+    def _record_cost(self, parent: int, cost: float) -> None:
+        c = self._cost[parent]
+        n, mean, m2 = c[0], c[1], c[2]
+        if n >= 2:
+            if n < SHORT_HISTORY:
+                bad = cost > 20.0 * mean
+            else:
+                bad = cost > mean + 3.0 * math.sqrt(m2 / (n - 1))
+        else:
+            bad = False
+        if bad != self.bad[parent]:
+            self.n_bad += 1 if bad else -1
+            self.bad[parent] = bad
+        n += 1
+        delta = cost - mean
+        mean += delta / n
+        c[0], c[1], c[2], c[3] = n, mean, m2 + delta * (cost - mean), cost
+        self.pfeat[parent, _P["parent_mean_cost_s"]] = mean
+
+    # ---- membership ----------------------------------------------------------------------
+    def remove_peer(self, peer: int) -> None:
+        """The peer left or died: it stops counting as a holder at once."""
+        if not self.online[peer]:
+            return
+        self.online[peer] = False
+        self._set_open(peer, False)
+        self.online_peers -= 1
+        self.count -= self.have[peer]
+        self.available = self.count > 0
+        self.producing.discard(peer)
+
+    def location_match(self, parents: np.ndarray, child: int) -> np.ndarray:
+        """Matched leading location parts / 5, for each parent against the child."""
+        return self._locations.match[self.loc[parents], self.loc[child]]

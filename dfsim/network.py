@@ -1,0 +1,254 @@
+"""The flow-level network: NICs, uplinks and inter-IDC links shared by transfers.
+
+Owns every transfer's rate and completion time. A transfer (`Flow`) crosses a few resources
+(the sender's uplink, the receiver's downlink, maybe an inter-IDC link); each resource has a
+capacity in bytes/s.
+
+Rules kept here:
+- Events happen only when a flow starts, ends, is aborted, or a capacity changes. Nothing is
+  simulated per packet or per byte.
+- A path is (sender's uplink, receiver's downlink, any inter-IDC links). The fast model, in
+  two steps: every sender-side resource (uplink, link) with n flows offers each
+  `capacity / n`, the flow's cap; then each receiver's downlink is water-filled among its
+  flows up to their caps (a child whose parents are slow gives the fast parent the rest).
+  Each step keeps its resources within capacity, so the allocation is always feasible; it is
+  not the exact max-min allocation (`dfsim.maxmin`), and `tests/test_network_accuracy.py`
+  bounds how far the completion times it gives are from the exact ones.
+- Sender-side shares are sticky downwards: a resource keeps the share it set for `n_set`
+  flows while its flows number between `n_set * (1 - SHARE_SLACK)` and `n_set`; more flows
+  than `n_set` reset it at once (so no resource is ever oversubscribed), fewer than the slack
+  reset it too. A seed serving 500 flows, whose count wobbles as pieces end and start, then
+  re-times nobody; it may leave up to `SHARE_SLACK` (2%) of its uplink unused meanwhile. With
+  fewer than 50 flows one flow is more than the slack, so small fans are exact.
+- Changes made at one instant are coalesced: resources touched are marked dirty and one
+  flush at the end of the instant recomputes only the flows whose share really changed. A
+  piece that ends and the next one that starts on the same link in the same instant costs no
+  rate update for the link's other flows.
+- Completion timers cannot be cancelled in SimPy, so each carries the flow's version; a timer
+  whose version is stale is ignored.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from heapq import heappop, heappush
+
+import simpy
+from simpy.core import NORMAL
+
+INF = float("inf")
+SHARE_SLACK = 0.02
+
+
+def _by_cap(f: "Flow") -> float:
+    return f.cap
+
+
+class Resource:
+    """Something flows share: a NIC direction, an uplink, an inter-IDC link."""
+
+    __slots__ = ("name", "capacity", "flows", "share", "bytes", "n_set", "receiver")
+
+    def __init__(self, name: str, capacity: float, receiver: bool = False):
+        self.name = name
+        self.receiver = receiver  # a downlink: water-filled, not equally shared
+        self.capacity = capacity
+        self.flows: dict[Flow, None] = {}    # an ordered set: runs must be deterministic
+        self.share = capacity
+        self.n_set = 1            # the flow count `share` was set for
+        self.bytes = 0.0          # bytes delivered through this resource by finished flows
+
+
+class Flow:
+    """One transfer of `size` bytes across `path`."""
+
+    __slots__ = ("path", "size", "remaining", "rate", "t", "version", "on_done", "started", "tag", "cap")
+
+    def __init__(self, path: tuple[Resource, ...], size: float, on_done: Callable[["Flow"], None],
+                 now: float, tag: object):
+        self.path = path
+        self.size = size
+        self.remaining = float(size)
+        self.rate = 0.0
+        self.t = now
+        self.version = 0
+        self.on_done = on_done
+        self.started = now
+        self.tag = tag
+        self.cap = 0.0            # the smallest sender-side share along the path
+
+
+class CountingEnvironment(simpy.Environment):
+    """A SimPy environment that counts the events it schedules (the summary's `events`)."""
+
+    def __init__(self, initial_time: float = 0):
+        super().__init__(initial_time)
+        self.events_scheduled = 0
+
+    def schedule(self, event, priority=NORMAL, delay=0):
+        self.events_scheduled += 1
+        super().schedule(event, priority, delay)
+
+
+class Network:
+    def __init__(self, env: simpy.Environment):
+        self.env = env
+        self._dirty: dict[Resource, None] = {}
+        self._new: list[Flow] = []
+        self._flush_pending = False
+        self.active = 0
+        # completion times live in our own heap, (time, seq, flow, version): re-timing a flow
+        # is one push, and SimPy is woken only for the earliest completion
+        self._heap: list[tuple[float, int, Flow, int]] = []
+        self._seq = 0
+        self._wake_at = INF
+        self.timer_updates = 0
+
+    # ---- building --------------------------------------------------------------------------
+    def uplink(self, name: str, capacity: float) -> Resource:
+        """A sender-side resource: an uplink or an inter-IDC link."""
+        return Resource(name, capacity)
+
+    def downlink(self, name: str, capacity: float) -> Resource:
+        """A receiver's downlink, the second element of every path."""
+        return Resource(name, capacity, receiver=True)
+
+    # ---- flows -----------------------------------------------------------------------------
+    def start(self, path: tuple[Resource, ...], size: float, on_done: Callable[[Flow], None],
+              tag: object = None) -> Flow:
+        """Start a transfer now; `on_done(flow)` is called when its last byte arrives."""
+        f = Flow(path, size, on_done, self.env.now, tag)
+        for r in path:
+            r.flows[f] = None
+            self._dirty[r] = None
+        self._new.append(f)
+        self.active += 1
+        self._want_flush()
+        return f
+
+    def abort(self, f: Flow) -> float:
+        """Stop a transfer now; returns the bytes it had delivered (all, if it had ended)."""
+        if f not in f.path[0].flows:
+            return f.size - f.remaining
+        self._settle(f, self.env.now)
+        f.version = -1
+        f.rate = 0.0
+        done = f.size - f.remaining
+        for r in f.path:
+            r.bytes += done
+        self._detach(f)
+        return done
+
+    def set_capacity(self, r: Resource, capacity: float) -> None:
+        if capacity != r.capacity:
+            r.capacity = capacity
+            self._dirty[r] = None
+            self._want_flush()
+
+    def delivered(self, f: Flow) -> float:
+        """Bytes delivered so far by a running flow."""
+        return f.size - (f.remaining - f.rate * (self.env.now - f.t))
+
+    # ---- internals -------------------------------------------------------------------------
+    def _detach(self, f: Flow) -> None:
+        for r in f.path:
+            del r.flows[f]
+            self._dirty[r] = None
+        self.active -= 1
+        self._want_flush()
+
+    def _want_flush(self) -> None:
+        if not self._flush_pending:
+            self._flush_pending = True
+            ev = simpy.Event(self.env)
+            ev.callbacks.append(self._flush)
+            ev._ok = True
+            ev._value = None
+            self.env.schedule(ev, NORMAL, 0)
+
+    @staticmethod
+    def _settle(f: Flow, now: float) -> None:
+        if f.rate:
+            f.remaining -= f.rate * (now - f.t)
+            if f.remaining < 0.0:
+                f.remaining = 0.0
+        f.t = now
+
+    def _flush(self, _event) -> None:
+        self._flush_pending = False
+        now = self.env.now
+        receivers: dict[Resource, None] = {}
+        for r in self._dirty:
+            if r.receiver:
+                receivers[r] = None
+                continue
+            n = len(r.flows)
+            if n > r.n_set or n < r.n_set * (1.0 - SHARE_SLACK):
+                r.n_set = max(n, 1)
+            share = r.capacity / r.n_set
+            if share != r.share:
+                r.share = share
+                for f in r.flows:
+                    # a flow held below its cap by its receiver's water level, whose cap stays
+                    # above its rate, keeps its rate: its receiver needs no refill
+                    if f.rate < f.cap and f.rate < share:
+                        continue
+                    receivers[f.path[1]] = None
+        self._dirty.clear()
+        for f in self._new:
+            receivers[f.path[1]] = None
+        self._new.clear()
+        for down in receivers:
+            self._fill(down, now)
+        self._arm()
+
+    def _fill(self, down: Resource, now: float) -> None:
+        """Water-fill a receiver's downlink among its flows, each up to its sender-side cap."""
+        flows = list(down.flows)
+        for f in flows:
+            p = f.path
+            f.cap = p[0].share if len(p) == 2 else min([r.share for r in p if r is not down])
+        flows.sort(key=_by_cap)
+        left = down.capacity
+        k = len(flows)
+        for i, f in enumerate(flows):
+            fair = left / (k - i)
+            rate = f.cap if f.cap < fair else fair
+            left -= rate
+            if rate != f.rate or f.version == 0:
+                self._settle(f, now)
+                f.rate = rate
+                f.version += 1
+                if rate > 0.0:
+                    self._seq += 1
+                    heappush(self._heap, (now + f.remaining / rate, self._seq, f, f.version))
+                    self.timer_updates += 1
+
+    def _arm(self) -> None:
+        """Make sure SimPy wakes us for the earliest pending completion."""
+        heap = self._heap
+        while heap and heap[0][2].version != heap[0][3]:
+            heappop(heap)                        # stale: the flow was re-timed or ended
+        if heap and heap[0][0] < self._wake_at:
+            self._wake_at = t = heap[0][0]
+            ev = simpy.Timeout(self.env, max(0.0, t - self.env.now))
+            ev.callbacks.append(self._wake)
+
+    def _wake(self, _event) -> None:
+        now = self.env.now
+        if now >= self._wake_at:
+            self._wake_at = INF
+        heap = self._heap
+        due = now + 1e-9 * max(1.0, now)         # rounding in now + delay
+        while heap and heap[0][0] <= due:
+            _, _, f, version = heappop(heap)
+            if f.version != version:
+                continue
+            f.version = -1
+            f.remaining = 0.0
+            f.rate = 0.0
+            for r in f.path:
+                r.bytes += f.size
+            self._detach(f)
+            f.on_done(f)
+        self._arm()

@@ -1,0 +1,76 @@
+"""Simulator benchmark: wall time, events per second and peak memory, against raw SimPy.
+
+Run it as a script (it is not collected by pytest):
+
+    .venv/bin/python tests/benchmarks/bench_sim.py                    # 1,000 hosts x 5 GB, 4 MiB pieces
+    .venv/bin/python tests/benchmarks/bench_sim.py --double11         # and the 10,000-host run
+    .venv/bin/python tests/benchmarks/bench_sim.py --set hosts.0.count=200 --set file.size=1GB
+
+Each scenario runs in a fresh child process, so its peak RSS is its own. In the same session the
+script measures raw SimPy (a bare `env.timeout` loop with one callback per event), the ceiling
+for any SimPy model on this machine, and reports the simulator's event rate as a ratio of it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SCENARIOS = ROOT / "experiments" / "scenarios"
+
+
+def raw_simpy_rate(events: int = 2_000_000) -> float:
+    """Events per second of a minimal SimPy model: timeouts whose callback schedules the next."""
+    import simpy
+
+    env = simpy.Environment()
+    left = [events]
+
+    def tick(_ev) -> None:
+        left[0] -= 1
+        if left[0] > 0:
+            env.timeout(1.0).callbacks.append(tick)
+
+    for _ in range(1000):                      # 1,000 concurrent chains, like many flows
+        env.timeout(1.0).callbacks.append(tick)
+    t = time.perf_counter()
+    env.run()
+    return events / (time.perf_counter() - t)
+
+
+def run_scenario(path: Path, sets: list[str], policy: str) -> dict:
+    cmd = [sys.executable, "-m", "experiments.cli", "sim", "run", str(path), "--json", "--no-progress",
+           "--policy", policy]
+    for s in sets:
+        cmd += ["--set", s]
+    out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--double11", action="store_true", help="also run double11.toml (10,000 hosts)")
+    ap.add_argument("--policy", default="heuristic:d2")
+    ap.add_argument("--set", action="append", default=[], help="overrides for the 1,000-host run")
+    args = ap.parse_args()
+
+    raw = raw_simpy_rate()
+    print(f"raw SimPy: {raw:,.0f} events/s", flush=True)
+    runs = [("fig8-15g 1,000 x 5 GB", SCENARIOS / "fig8-15g.toml", ["file.piece_size=4MiB", *args.set])]
+    if args.double11:
+        runs.append(("double11 10,000 x 5 GB", SCENARIOS / "double11.toml", []))
+    for label, path, sets in runs:
+        s = run_scenario(path, sets, args.policy)
+        rate = s["events"] / s["wall_s"]
+        print(f"{label}: wall {s['wall_s']:.1f} s, {s['events']:,} events, {rate:,.0f} events/s "
+              f"({rate / raw:.2f} x raw SimPy), peak RSS {s['peak_rss_bytes'] / 2**30:.2f} GiB, "
+              f"completion max {s['completion_s']['max']} s vs bound {s['lower_bound_s']} s "
+              f"({s['completion_s']['max'] / s['lower_bound_s']:.2f} x)", flush=True)
+
+
+if __name__ == "__main__":
+    main()

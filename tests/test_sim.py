@@ -1,0 +1,470 @@
+"""The simulator held to DESIGN.md's physics and to the scenario features it promises (dfsim.sim).
+
+Every run here is small (50-200 hosts, 50-500 MB) and takes under a few seconds, except the
+two `slow` runs of the full 1,000-host x 5 GB Fig. 8 scenario. Expected values are computed
+here from the scenario's literal numbers (or from the NICs the run drew), never taken from
+`dfsim.physics`, so a wrong closed form there is caught too.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dfsim.scenario import load_scenario, parse_scenario
+from dfsim.sim import Simulation
+from models.loader import load_piece_selector, load_rate_controller
+
+SCENARIOS = Path(__file__).resolve().parents[1] / "experiments" / "scenarios"
+
+HEURISTIC_SELECTORS = ["heuristic:random", "heuristic:rarest-first", "heuristic:v1", "heuristic:d2",
+                       "heuristic:d2-load", "heuristic:kraken"]
+
+MB = 10**6
+
+
+def mbps(x: float) -> float:
+    """x megabits per second, in bytes per second."""
+    return x * 1e6 / 8
+
+
+def gbps(x: float) -> float:
+    return x * 1e9 / 8
+
+
+def scenario(n: int = 50, size: str = "50MB", download="200Mbps", upload="100Mbps", source: str = "15Gbps",
+             supernodes: int = 1, supernode_upload: str = "10Gbps", mode: str = "p2p", seed: int = 1) -> dict:
+    """Raw scenario data (as TOML would load it): one host group, one supernode group."""
+    return {
+        "name": f"test-{n}x{size}",
+        "file": {"size": size},
+        "source": {"upload": source},
+        "run": {"mode": mode, "seed": seed},
+        "supernodes": [{"count": supernodes, "upload": supernode_upload}] if supernodes else [],
+        "hosts": [{"count": n, "download": download, "upload": upload}],
+    }
+
+
+def simulate(data, policy: str = "heuristic:d2", rate_policy: str = "heuristic:static", seed: int | None = None,
+             trace_path=None) -> tuple[Simulation, dict]:
+    """Run a scenario (raw dict or a loaded `Scenario`) the way `dfly sim run` does."""
+    sc = parse_scenario(copy.deepcopy(data)) if isinstance(data, dict) else data
+    s = sc.run.seed if seed is None else seed
+    sim = Simulation(sc, load_piece_selector(policy, seed=s), load_rate_controller(rate_policy, seed=s),
+                     seed=seed, trace_path=trace_path)
+    return sim, sim.run()
+
+
+# ------------------------------------------------------------------------------- invariants
+
+def conserved(sim: Simulation) -> tuple[float, float]:
+    """(bytes sent over every uplink, bytes received over every downlink)."""
+    sent = sim.origin.up.bytes + sum(n.up.bytes for n in sim.hosts) + sum(n.up.bytes for n in sim.supernodes)
+    received = sum(n.down.bytes for n in sim.hosts) + sum(n.down.bytes for n in sim.supernodes)
+    return sent, received
+
+
+def assert_conserved(sim: Simulation) -> None:
+    sent, received = conserved(sim)
+    assert sent > 0
+    assert math.isclose(sent, received, rel_tol=1e-9), f"sent {sent} B over uplinks, received {received} B"
+
+
+def assert_finished_hold_everything(sim: Simulation) -> None:
+    finished = [h for h in sim.hosts if h.done_at is not None]
+    assert finished
+    for h in finished:
+        assert h.peer >= 0
+        row = sim.swarm.have[h.peer, :sim.task.n_pieces]
+        assert row.all(), f"host {h.id} finished holding {int(row.sum())}/{sim.task.n_pieces} pieces"
+        assert h.down.bytes >= sim.sc.file.size * (1 - 1e-12), f"host {h.id} finished having received less than the file"
+
+
+def p2p_lower_bound(sim: Simulation) -> float:
+    """Kumar and Ross, from the NICs this run drew (simultaneous arrival)."""
+    F = sim.sc.file.size
+    u_origin = sim.sc.source.upload_bps
+    u_seeds = sum(s.upload_bps for s in sim.supernodes)
+    d_min = min(h.download_bps for h in sim.hosts)
+    u_hosts = sum(h.upload_bps for h in sim.hosts)
+    return max(F / u_origin, F / d_min, len(sim.hosts) * F / (u_origin + u_seeds + u_hosts))
+
+
+def assert_not_below_physics(sim: Simulation, summary: dict) -> None:
+    """No run beats the P2P lower bound; no host beats its own NIC or the origin."""
+    F = sim.sc.file.size
+    bound = p2p_lower_bound(sim)
+    assert summary["lower_bound_s"] == pytest.approx(bound, rel=1e-6, abs=1e-3)
+    ct = sim.completion_times()
+    assert len(ct) == len(sim.hosts)
+    assert ct.max() >= bound * (1 - 1e-9), f"slowest host {ct.max()} s beat the lower bound {bound} s"
+    assert summary["completion_s"]["max"] >= summary["lower_bound_s"] * (1 - 1e-9)
+    # per host: the whole file crosses its own downlink, and leaves the origin (which starts at t=0)
+    for h in sim.hosts:
+        own = max(F / h.download_bps, F / sim.sc.source.upload_bps)
+        assert h.done_at - h.arrival >= own * (1 - 1e-9), \
+            f"host {h.id} finished in {h.done_at - h.arrival} s, faster than its NIC/origin allow ({own} s)"
+    # the last finish: every host's bytes had to be uploaded by someone
+    total_up = sim.sc.source.upload_bps + sum(s.upload_bps for s in sim.supernodes) + \
+        sum(h.upload_bps for h in sim.hosts)
+    assert max(h.done_at for h in sim.hosts) >= len(sim.hosts) * F / total_up * (1 - 1e-9)
+
+
+# ------------------------------------------------------------------------ source mode: D_cs
+
+@pytest.mark.parametrize("n, size, source, download, expected_s", [
+    # N*F/u_s-bound
+    (100, "100MB", "1Gbps", "200Mbps", 100 * 100 * MB / gbps(1)),        # 80 s vs 4 s
+    (1000, "50MB", "15Gbps", "200Mbps", 1000 * 50 * MB / gbps(15)),      # 26.7 s vs 2 s
+    # F/d_min-bound
+    (5, "100MB", "10Gbps", "200Mbps", 100 * MB / mbps(200)),             # 0.4 s vs 4 s
+    (1, "500MB", "15Gbps", "200Mbps", 500 * MB / mbps(200)),             # one client, Fig. 7
+    # both terms equal
+    (16, "200MB", "2Gbps", "125Mbps", 16 * 200 * MB / gbps(2)),          # 12.8 s both
+])
+def test_source_mode_matches_client_server_time(n, size, source, download, expected_s):
+    F = int(size.removesuffix("MB")) * MB
+    N_F_over_us = n * F / (float(source.removesuffix("Gbps")) * 1e9 / 8)
+    F_over_d = F / mbps(float(download.removesuffix("Mbps")))
+    assert expected_s == pytest.approx(max(N_F_over_us, F_over_d))
+    sim, s = simulate(scenario(n=n, size=size, source=source, download=download, upload=download,
+                               supernodes=1, mode="source"))
+    assert s["mode"] == "source"
+    assert s["finished_hosts"] == n == s["hosts"]
+    assert s["client_server_s"] == pytest.approx(expected_s, rel=1e-6, abs=1e-3)
+    assert s["completion_s"]["max"] == pytest.approx(expected_s, rel=0.02)
+    assert s["completion_s"]["max"] >= expected_s * (1 - 1e-9)       # and never faster
+    assert s["source_egress_bytes"] == n * F                          # everybody from the origin
+    assert not sim.supernodes                                          # no seeds in source mode
+    assert_conserved(sim)
+
+
+def test_source_mode_on_a_shipped_scenario_with_overrides():
+    """fig3, the traditional way: 200 clients at 100 Mbps from a 1 Gbps source."""
+    sc = load_scenario(SCENARIOS / "fig3.toml", ["run.mode=source", "hosts.0.count=200"])
+    sim, s = simulate(sc)
+    expected = max(200 * 200 * MB / gbps(1), 200 * MB / mbps(100))     # 320 s
+    assert s["completion_s"]["max"] == pytest.approx(expected, rel=0.02)
+    assert s["client_server_s"] == pytest.approx(expected, rel=1e-6)
+    assert s["source_egress_bytes"] == 200 * 200 * MB
+
+
+# --------------------------------------------------- P2P: no run below the lower bound, any policy
+
+LB_SCENARIOS = {
+    # homogeneous, bound by total upload: N*F/U = 100*50MB / (1G+1G+100*50M) = 5.71 s
+    "homog-upload-bound": scenario(n=100, size="50MB", download="1Gbps", upload="50Mbps", source="1Gbps",
+                                   supernode_upload="1Gbps"),
+    # homogeneous, bound by the hosts' download: F/d = 2 s (Fig. 8-like NICs)
+    "homog-download-bound": scenario(n=100, size="50MB", download="200Mbps", upload="100Mbps"),
+    # homogeneous, bound by the origin: F/u_origin = 4 s
+    "homog-origin-bound": scenario(n=60, size="50MB", download="1Gbps", upload="1Gbps", source="100Mbps"),
+    # heterogeneous, one NIC drawn per host (joint mix): F/d_min = 4 s
+    "hetero-joint": scenario(n=50, size="50MB", download={"100Mbps": 0.7, "1Gbps": 0.3},
+                             upload={"100Mbps": 0.7, "1Gbps": 0.3}),
+    # heterogeneous downloads, thin fixed uploads, two weak seeds: N*F/U = 13.3 s
+    "hetero-upload-bound": scenario(n=80, size="50MB", download={"200Mbps": 0.5, "1Gbps": 0.5}, upload="20Mbps",
+                                    source="1Gbps", supernodes=2, supernode_upload="200Mbps"),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def lb_run(name: str, policy: str) -> tuple[Simulation, dict]:
+    return simulate(LB_SCENARIOS[name], policy)
+
+
+LB_CASES = [pytest.param(name, policy, id=f"{name}-{policy.removeprefix('heuristic:')}")
+            for name in LB_SCENARIOS for policy in HEURISTIC_SELECTORS]
+
+
+@pytest.mark.parametrize("name, policy", LB_CASES)
+def test_p2p_never_beats_the_lower_bound(name, policy):
+    sim, s = lb_run(name, policy)
+    assert s["policy"] == policy and s["mode"] == "p2p"
+    assert s["finished_hosts"] == s["hosts"] == len(sim.hosts)
+    assert_not_below_physics(sim, s)
+
+
+@pytest.mark.parametrize("name, policy", LB_CASES)
+def test_p2p_bytes_conserved_and_every_finished_host_holds_every_piece(name, policy):
+    sim, s = lb_run(name, policy)
+    assert_conserved(sim)
+    assert_finished_hold_everything(sim)
+    F, n = s["file_bytes"], s["hosts"]
+    # what hosts received: at least the file each (no churn, nothing lost)
+    assert sum(h.down.bytes for h in sim.hosts) >= n * F * (1 - 1e-12)
+
+
+@pytest.mark.parametrize("name, policy", [c for c in LB_CASES if LB_SCENARIOS[c.values[0]]["supernodes"][0]["count"] == 1])
+def test_one_supernode_no_churn_fetches_the_file_from_the_origin_exactly_once(name, policy):
+    sim, s = lb_run(name, policy)
+    assert len(sim.supernodes) == 1
+    assert s["source_egress_bytes"] == s["file_bytes"]
+    assert sim.origin.up.bytes == pytest.approx(s["file_bytes"], abs=1e-3)
+
+
+def test_heterogeneous_mixes_draw_the_nics_the_scenario_says():
+    sim, _ = lb_run("hetero-joint", "heuristic:d2")
+    downs = {h.download_bps for h in sim.hosts}
+    assert downs == {mbps(100), gbps(1)}
+    assert all(h.upload_bps == h.download_bps for h in sim.hosts)        # drawn jointly: one NIC
+    sim, _ = lb_run("hetero-upload-bound", "heuristic:d2")
+    assert {h.download_bps for h in sim.hosts} == {mbps(200), gbps(1)}
+    assert {h.upload_bps for h in sim.hosts} == {mbps(20)}
+
+
+# -------------------------------------------------------------------------------- origin egress
+
+@pytest.fixture(scope="module")
+def fig9():
+    """The shipped Fig. 9 scenario as is: 500 MB to 200 hosts, 2 supernodes."""
+    return simulate(load_scenario(SCENARIOS / "fig9.toml"))
+
+
+def test_fig9_origin_egress_at_200_hosts_with_two_supernodes(fig9):
+    sim, s = fig9
+    assert s["hosts"] == 200 and len(sim.supernodes) == 2
+    assert s["finished_hosts"] == 200
+    assert s["file_bytes"] <= s["source_egress_bytes"] <= 1.05 * s["file_bytes"]
+    assert_not_below_physics(sim, s)
+
+
+def test_fig9_bytes_conserved_and_hosts_complete(fig9):
+    sim, _ = fig9
+    assert_conserved(sim)
+    assert_finished_hold_everything(sim)
+
+
+def test_origin_egress_at_1000_hosts_with_two_supernodes():
+    sc = load_scenario(SCENARIOS / "fig9.toml", ["hosts.0.count=1000", "file.size=50MB"])
+    sim, s = simulate(sc)
+    assert s["hosts"] == s["finished_hosts"] == 1000 and len(sim.supernodes) == 2
+    assert s["file_bytes"] <= s["source_egress_bytes"] <= 1.05 * s["file_bytes"]
+    assert s["source_egress_bytes"] < s["hosts"] * s["file_bytes"] / 100    # the point of Fig. 9
+    assert_conserved(sim)
+    assert_not_below_physics(sim, s)
+
+
+def test_origin_egress_exactly_the_file_at_200_hosts_with_one_supernode():
+    sc = load_scenario(SCENARIOS / "fig9.toml", ["supernodes.0.count=1", "file.size=50MB"])
+    sim, s = simulate(sc)
+    assert s["hosts"] == s["finished_hosts"] == 200 and len(sim.supernodes) == 1
+    assert s["source_egress_bytes"] == s["file_bytes"]
+
+
+# --------------------------------------------------------------------------------- determinism
+
+def _busy_scenario(seed: int = 3) -> dict:
+    """Every random draw a run makes: NIC mix, arrivals, background, churn."""
+    d = scenario(n=60, size="50MB", download={"100Mbps": 0.5, "1Gbps": 0.5}, upload={"100Mbps": 0.5, "1Gbps": 0.5},
+                 seed=seed)
+    d["run"]["arrival"] = {"uniform_s": 5}
+    d["hosts"][0]["background"] = {"mean": "30Mbps", "peak": "80Mbps", "on_s": 2, "off_s": 3}
+    d["hosts"][0]["churn"] = {"leave_fraction": 0.1}
+    return d
+
+
+def _comparable(summary: dict) -> dict:
+    return {k: v for k, v in summary.items() if k not in ("wall_s", "peak_rss_bytes")}
+
+
+def test_same_scenario_and_seed_give_the_same_summary():
+    _, a = simulate(_busy_scenario(), "heuristic:random")
+    _, b = simulate(_busy_scenario(), "heuristic:random")
+    assert _comparable(a) == _comparable(b)
+    _, c = simulate(_busy_scenario(), "heuristic:random", seed=3)      # the scenario's seed, given
+    assert _comparable(a) == _comparable(c)
+
+
+def test_a_different_seed_gives_a_different_result_on_a_random_policy():
+    _, a = simulate(_busy_scenario(), "heuristic:random", seed=3)
+    _, b = simulate(_busy_scenario(), "heuristic:random", seed=4)
+    assert _comparable(a) != _comparable(b)
+    # and not only through the scenario's draws: the policy's own choices differ too
+    _, c = simulate(scenario(n=50, size="50MB"), "heuristic:random", seed=1)
+    _, d = simulate(scenario(n=50, size="50MB"), "heuristic:random", seed=2)
+    assert (c["completion_s"], c["events"]) != (d["completion_s"], d["events"])
+
+
+# ---------------------------------------------------------------------------- scenario features
+
+def two_idcs(link: str = "500Mbps") -> dict:
+    d = scenario(n=60, size="50MB")
+    d["idcs"] = [{"name": "hz"}, {"name": "sg"}]
+    d["links"] = [{"between": ["hz", "sg"], "capacity": link}]
+    d["source"]["idc"] = "hz"
+    d["supernodes"][0]["idc"] = "hz"
+    d["hosts"][0]["idc"] = "hz"
+    d["hosts"].append({"count": 40, "download": "200Mbps", "upload": "100Mbps", "idc": "sg"})
+    return d
+
+
+def test_two_idcs_with_a_limited_link():
+    sim, s = simulate(two_idcs())
+    assert s["finished_hosts"] == s["hosts"] == 100
+    assert s["cross_idc_bytes"] > 0
+    # every cross-IDC byte went over the one link, and only those did
+    over_links = sum(r.bytes for r in sim.links.values())
+    assert s["cross_idc_bytes"] == pytest.approx(over_links, rel=1e-9, abs=1)
+    # sg's 40 hosts need the file at least once over the link (their only seed is in hz)
+    assert s["cross_idc_bytes"] >= s["file_bytes"]
+    assert_conserved(sim)
+    assert_finished_hold_everything(sim)
+    assert_not_below_physics(sim, s)
+
+
+def test_uniform_arrival():
+    d = scenario(n=50, size="50MB")
+    d["run"]["arrival"] = {"uniform_s": 20}
+    sim, s = simulate(d)
+    arrivals = np.array([h.arrival for h in sim.hosts])
+    assert arrivals.min() >= 0 and arrivals.max() < 20
+    assert arrivals.max() - arrivals.min() > 10                       # spread, not simultaneous
+    assert s["finished_hosts"] == 50
+    F = s["file_bytes"]
+    for h in sim.hosts:
+        assert h.done_at >= h.arrival + F / h.download_bps * (1 - 1e-9)
+    # completion is measured from each host's own arrival
+    assert s["completion_s"]["max"] == pytest.approx(max(h.done_at - h.arrival for h in sim.hosts), abs=1e-3)
+    assert s["completion_s"]["max"] >= s["lower_bound_s"] * (1 - 1e-9)
+    assert_conserved(sim)
+
+
+def test_background_traffic_slows_the_download():
+    plain = scenario(n=50, size="50MB")
+    busy = copy.deepcopy(plain)
+    busy["hosts"][0]["background"] = {"mean": "30Mbps", "peak": "80Mbps", "on_s": 5, "off_s": 20}
+    _, s0 = simulate(plain)
+    sim, s1 = simulate(busy)
+    assert s0["finished_hosts"] == s1["finished_hosts"] == 50
+    assert s1["completion_s"]["mean"] > s0["completion_s"]["mean"]
+    assert s1["completion_s"]["max"] > s0["completion_s"]["max"]
+    assert_conserved(sim)
+    assert_not_below_physics(sim, s1)
+
+
+def test_churn_hosts_leave_and_the_rest_finish():
+    d = scenario(n=100, size="50MB", download="1Gbps", upload="50Mbps", source="1Gbps", supernode_upload="1Gbps")
+    d["hosts"][0]["churn"] = {"leave_fraction": 0.3}
+    sim, s = simulate(d)
+    left = [h for h in sim.hosts if h.left]
+    assert s["left_hosts"] == len(left) > 0
+    assert s["finished_hosts"] == s["hosts"] - s["left_hosts"]
+    assert all(h.done_at is None for h in left)                        # they left before finishing
+    assert all(h.done_at is not None for h in sim.hosts if not h.left)
+    assert_conserved(sim)                                              # aborted transfers count both ends
+    assert_finished_hold_everything(sim)
+
+
+def _supernode_fails(fail_at_s: float) -> dict:
+    d = scenario(n=100, size="100MB", supernodes=2)
+    d["supernodes"] = [{"count": 1, "upload": "10Gbps"}, {"count": 1, "upload": "10Gbps", "fail_at_s": fail_at_s}]
+    return d
+
+
+def _check_supernode_failure(fail_at_s: float) -> None:
+    sim, s = simulate(_supernode_fails(fail_at_s))
+    survivor, dead = sim.supernodes
+    assert dead.left and not survivor.left
+    assert s["sim_s"] > fail_at_s                                      # it failed mid-run
+    assert s["finished_hosts"] == s["hosts"] == 100 and s["left_hosts"] == 0
+    assert_conserved(sim)
+    assert_finished_hold_everything(sim)
+    assert s["source_egress_bytes"] <= 1.1 * s["file_bytes"]
+
+
+def test_supernode_failing_mid_run_after_its_pieces_spread():
+    _check_supernode_failure(2.0)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG dfsim/sim.py Simulation._leave: `node.left = True` is set before the seed's in-flight "
+    "origin fetch is aborted, so Simulation._abort does not put that piece back in `node.fetch` "
+    "(`if not node.left:`) and the hand-over loop passes only the not-yet-started pieces to the "
+    "survivors. Nobody produces the lost piece; a host goes back to source and re-fetches "
+    "everything it lacks: origin egress ~1.2-1.3x the file"))
+def test_supernode_failing_while_fetching_hands_its_in_flight_piece_to_the_survivor():
+    sim, s = simulate(_supernode_fails(0.02))
+    survivor, dead = sim.supernodes
+    fetched_by_seeds = sim.swarm.have[survivor.peer, :sim.task.n_pieces] | sim.swarm.have[dead.peer, :sim.task.n_pieces]
+    assert fetched_by_seeds.all(), "a piece neither seed fetched: the in-flight one was dropped"
+    _check_supernode_failure(0.02)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG dfsim/sim.py Simulation._pump, Decision.BACK_TO_SOURCE branch: a host sent back to source "
+    "fetches every piece it lacks from the origin (`h.fetch = [p ... if not have]`), although only the "
+    "pieces the failed supernode alone held are missing from the swarm (and the survivors take over "
+    "only the dead seed's unfetched pieces). A seed failing ~1 s into a ~6 s run costs ~1.4x the file"))
+def test_supernode_failing_early_mid_run_keeps_origin_egress_low():
+    _check_supernode_failure(1.0)
+
+
+def test_zero_supernodes_peers_go_back_to_source_and_finish():
+    sim, s = simulate(scenario(n=50, size="50MB", supernodes=0))
+    assert not sim.supernodes
+    assert s["finished_hosts"] == s["hosts"] == 50
+    assert sim.swarm.back_sourced, "nobody went back to the source"
+    assert s["source_egress_bytes"] >= s["file_bytes"]
+    assert s["source_egress_bytes"] <= 1.1 * s["file_bytes"]          # one host back-sourced, then P2P
+    assert_conserved(sim)
+    assert_finished_hold_everything(sim)
+    assert_not_below_physics(sim, s)
+
+
+class _Counting:
+    """A rate controller wrapper that counts the simulator's questions."""
+
+    def __init__(self, inner):
+        self.inner, self.name, self.constant, self.calls = inner, inner.name, inner.constant, 0
+
+    def limit(self, obs, now):
+        self.calls += 1
+        return self.inner.limit(obs, now)
+
+
+def test_sampling_rate_controller_runs_every_interval():
+    d = scenario(n=50, size="50MB")
+    d["hosts"][0]["background"] = {"mean": "30Mbps", "peak": "80Mbps", "on_s": 5, "off_s": 20}
+    sc = parse_scenario(d)
+    rates = _Counting(load_rate_controller("heuristic:sampling", seed=1))
+    assert rates.constant is False
+    sim = Simulation(sc, load_piece_selector("heuristic:d2", seed=1), rates)
+    s = sim.run()
+    assert s["finished_hosts"] == 50
+    assert rates.calls >= 50                                           # asked once a second per host
+    assert_conserved(sim)
+    assert_not_below_physics(sim, s)
+
+
+# ------------------------------------------------------------------- the shipped 2-IDC scenario
+
+def test_heterogeneous_2idc_runs_to_completion():
+    sim, s = simulate(load_scenario(SCENARIOS / "heterogeneous-2idc.toml"))
+    assert s["hosts"] == 200
+    assert s["left_hosts"] > 0                                          # churn in sg
+    assert s["finished_hosts"] == s["hosts"] - s["left_hosts"]
+    assert all((h.done_at is not None) != h.left for h in sim.hosts)   # each host finished or left
+    assert s["cross_idc_bytes"] > 0
+    assert s["completion_s"]["max"] >= s["lower_bound_s"] * (1 - 1e-9)
+    assert s["sim_s"] < 3600                                            # well inside run.max_sim_s
+    assert_conserved(sim)
+    assert_finished_hold_everything(sim)
+
+
+# ------------------------------------------------------------- full scale (minutes; run in CI)
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["heuristic:v1", "heuristic:d2"])
+def test_fig8_5gb_1000_hosts_within_30_percent_of_the_lower_bound(policy):
+    sim, s = simulate(load_scenario(SCENARIOS / "fig8-15g.toml"), policy)
+    assert s["hosts"] == s["finished_hosts"] == 1000
+    assert s["file_bytes"] == 5 * 10**9
+    bound = max(5e9 / gbps(15), 5e9 / mbps(200), 1000 * 5e9 / (gbps(15) + 2 * gbps(10) + 1000 * mbps(100)))
+    assert s["lower_bound_s"] == pytest.approx(bound, rel=1e-6)
+    assert s["lower_bound_s"] * (1 - 1e-9) <= s["completion_s"]["max"] <= 1.3 * s["lower_bound_s"]
+    assert s["source_egress_bytes"] <= 1.05 * s["file_bytes"]
