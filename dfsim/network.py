@@ -14,12 +14,14 @@ Rules kept here:
   Each step keeps its resources within capacity, so the allocation is always feasible; it is
   not the exact max-min allocation (`dfsim.maxmin`), and `tests/test_network_accuracy.py`
   bounds how far the completion times it gives are from the exact ones.
-- Sender-side shares are sticky downwards: a resource keeps the share it set for `n_set`
-  flows while its flows number between `n_set * (1 - SHARE_SLACK)` and `n_set`; more flows
-  than `n_set` reset it at once (so no resource is ever oversubscribed), fewer than the slack
-  reset it too. A seed serving 500 flows, whose count wobbles as pieces end and start, then
-  re-times nobody; it may leave up to `SHARE_SLACK` (2%) of its uplink unused meanwhile. With
-  fewer than 50 flows one flow is more than the slack, so small fans are exact.
+- Sender-side shares are sticky: a resource keeps the share it set for `n_set` flows while
+  its flows number between `n_set * (1 - SHARE_SLACK)` and `n_set`. More flows than `n_set`
+  reset it at once (no resource is ever oversubscribed), fewer than the slack reset it too;
+  a resource with `BIG_FAN` flows or more resets with `SHARE_SLACK / 2` headroom. A seed or an
+  inter-IDC link carrying hundreds of flows, whose count wobbles or grows as pieces end and
+  start, then re-times its flows once per few percent of change instead of at every flow; it
+  may leave up to about 3% of its capacity unused meanwhile. Below `BIG_FAN` flows one flow
+  is more than the slack, so small fans are exact.
 - Changes made at one instant are coalesced: resources touched are marked dirty and one
   flush at the end of the instant recomputes only the flows whose share really changed. A
   piece that ends and the next one that starts on the same link in the same instant costs no
@@ -38,6 +40,7 @@ from simpy.core import NORMAL
 
 INF = float("inf")
 SHARE_SLACK = 0.02
+BIG_FAN = 50
 
 
 def _by_cap(f: "Flow") -> float:
@@ -146,7 +149,7 @@ class Network:
             self._want_flush()
 
     def delivered(self, f: Flow) -> float:
-        """Bytes delivered so far by a running flow."""
+        """Bytes a running flow has delivered so far."""
         return f.size - (f.remaining - f.rate * (self.env.now - f.t))
 
     # ---- internals -------------------------------------------------------------------------
@@ -184,7 +187,7 @@ class Network:
                 continue
             n = len(r.flows)
             if n > r.n_set or n < r.n_set * (1.0 - SHARE_SLACK):
-                r.n_set = max(n, 1)
+                r.n_set = n * (1.0 + SHARE_SLACK / 2) if n >= BIG_FAN else max(n, 1)
             share = r.capacity / r.n_set
             if share != r.share:
                 r.share = share

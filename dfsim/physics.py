@@ -21,6 +21,8 @@ def client_server_s(file_bytes: float, n_hosts: int, origin_bps: float, download
 
 def p2p_lower_bound_s(file_bytes: float, origin_bps: float, seeds_upload_bps: float,
                       downloads: np.ndarray, uploads: np.ndarray, arrival_spread_s: float = 0.0) -> float:
+    """`downloads`: the hosts that must finish; `uploads`: every host that can upload, churned
+    ones included (they serve while they stay), so the bound holds with churn."""
     n = len(downloads)
     if n == 0:
         return 0.0

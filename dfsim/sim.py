@@ -27,7 +27,6 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import simpy
 
 from dfnet.core.scheduler import Decision, Scheduler, SchedulerConfig
 from dfnet.core.swarm import Swarm
@@ -151,8 +150,10 @@ class Simulation:
         ups = np.array([h.upload_bps for h in self.hosts])
         size = sc.file.size
         self.client_server_s = client_server_s(size, n, sc.source.upload_bps, downs)
+        staying = np.array([h.leave_at is None for h in self.hosts], dtype=bool)
         self.lower_bound_s = p2p_lower_bound_s(size, sc.source.upload_bps,
-                                               sum(s.upload_bps for s in self.supernodes), downs, ups, spread)
+                                               sum(s.upload_bps for s in self.supernodes), downs[staying],
+                                               ups, spread)
         for h in self.hosts:
             if h.leave_at is not None:     # leave somewhere inside the download, not after it
                 h.leave_at = h.arrival + h.leave_at * self.lower_bound_s
@@ -220,8 +221,12 @@ class Simulation:
         h = flow.tag
         del h.downloads[flow]
         h.fetching = None
-        if h.idc != self.origin.idc:
+        cross = h.idc != self.origin.idc
+        if cross:
             self.cross_idc_bytes += flow.size
+        if self.trace is not None:          # the whole file is one transfer: piece -1
+            self.trace.add(flow.started, h.id, ORIGIN, -1, int(flow.size), self.env.now - flow.started,
+                           cross, "ok", 0, None)
         self._host_finished(h)
 
     # ---- P2P mode ---------------------------------------------------------------------------
@@ -288,8 +293,9 @@ class Simulation:
                 h.retry_pending = True
                 self._at(now + d.retry_after, self._retry, h)
         elif kind == Decision.BACK_TO_SOURCE:
-            self.swarm.producing.add(h.peer)
-            h.fetch = [p for p in range(self.task.n_pieces) if not self.swarm.have[h.peer, p]]
+            # fetch from the origin what no online peer holds; P2P carries on for the rest
+            sw = self.swarm
+            h.fetch = np.flatnonzero(sw.lack[h.peer] & (sw.count == 0)).tolist()
             self._fetch_next(h)
 
     def _retry(self, h: Node) -> None:
@@ -314,11 +320,11 @@ class Simulation:
                            cross, "ok", t.candidates, t.features)
         wake = self.sched.piece_done(child.peer, t.piece, parent.peer, int(flow.size), now - flow.started, now)
         self._count_piece()
+        self._wake(wake)            # the children who waited longest get the freed slot first
         if self.swarm.is_complete(child.peer):
             self._host_finished(child)
         else:
             self._pump(child)
-        self._wake(wake)
 
     def _count_piece(self) -> None:
         self.pieces_done += 1
@@ -351,12 +357,14 @@ class Simulation:
             self.trace.add(flow.started, node.id, ORIGIN, piece, int(flow.size), self.env.now - flow.started,
                            node.idc != self.origin.idc, "ok", 0, None)
         wake = self.sched.piece_added(node.peer, piece)
+        self._fetch_next(node)
+        self._wake(wake)
         if not node.is_seed:
             self._count_piece()
             if self.swarm.is_complete(node.peer):
                 self._host_finished(node)
-        self._fetch_next(node)
-        self._wake(wake)
+            else:
+                self._pump(node)
 
     # ---- churn ------------------------------------------------------------------------------
     def _leave(self, node: Node) -> None:
@@ -380,8 +388,10 @@ class Simulation:
             self._abort(flow)
         if node.is_seed:
             survivors = [s for s in self.supernodes if not s.left]
-            for i, piece in enumerate(node.fetch):
-                survivors[i % len(survivors)].fetch.append(piece) if survivors else None
+            # what it had not fetched yet, and what it alone held, goes to the survivors
+            lost = np.flatnonzero(self.swarm.have[node.peer] & (self.swarm.count == 0)).tolist()
+            for i, piece in enumerate(node.fetch + lost if survivors else ()):
+                survivors[i % len(survivors)].fetch.append(piece)
             node.fetch = []
             for s in survivors:
                 self._fetch_next(s)
@@ -397,7 +407,7 @@ class Simulation:
             del tag.parent.uploads[flow]
             if tag.child.idc != tag.parent.idc:
                 self.cross_idc_bytes += delivered
-            self.sched.piece_failed(tag.child.peer, tag.piece, tag.parent.peer)
+            self._wake(self.sched.piece_failed(tag.child.peer, tag.piece, tag.parent.peer))
             if self.trace is not None:
                 self.trace.add(flow.started, tag.child.id, tag.parent.id, tag.piece, int(delivered),
                                self.env.now - flow.started, tag.child.idc != tag.parent.idc, "aborted",
@@ -408,8 +418,7 @@ class Simulation:
             node.fetching = None
             if node.idc != self.origin.idc:
                 self.cross_idc_bytes += delivered
-            if not node.left:
-                node.fetch.insert(0, piece)
+            node.fetch.insert(0, piece)         # a failing seed hands it to the survivors
 
     def _check_stop(self) -> None:
         if self.pending() == 0 and not self._stop.triggered:

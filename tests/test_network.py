@@ -275,20 +275,20 @@ def test_inter_idc_link_capacity_change():
 
 
 def test_large_fan_shares_are_sticky_within_the_slack():
-    # 60 flows on an uplink of 60 (rate 1 each), sizes 1, 1.01, 1.02, ... The first ends at
-    # t = 1; 59 flows are within 2% of 60, so the share stays 1 and the second (0.01 left) ends
-    # at 1.01, not 1 + 0.01 * 59/60. With 58 flows (< 58.8) the share is reset to 60/58: the
-    # third (0.01 left) ends at 1.01 + 0.01 * 58/60.
+    # 100 flows (a big fan) on an uplink of 100, sizes 1, 1.01, 1.02, ... The share is set for
+    # 100 * 1.01 flows (headroom), so each runs at 100/101 and the first ends at t = 1.01. With
+    # 99 flows (>= 101 * 0.98) the share stays; the second (0.01 left) ends 0.01 * 1.01 later.
+    # With 98 (< 98.98) it is reset for 98 * 1.01 flows: the third ends 0.01 * 0.9898 later.
     env, net = setup()
     done = {}
-    u = net.uplink("u", 60.0)
-    for i in range(60):
+    u = net.uplink("u", 100.0)
+    for i in range(100):
         net.start((u, net.downlink(f"d{i}", 100.0)), 1.0 + 0.01 * i, recorder(env, done), i)
     env.run()
-    assert done[0] == approx(1.0)
-    assert done[1] == approx(1.01)
-    assert done[2] == approx(1.01 + 0.01 * 58 / 60)
-    assert u.bytes == approx(sum(1.0 + 0.01 * i for i in range(60)))
+    assert done[0] == approx(1.01)
+    assert done[1] == approx(1.01 + 0.01 * 1.01)
+    assert done[2] == approx(1.01 + 0.01 * 1.01 + 0.01 * 98 * 1.01 / 100)
+    assert u.bytes == approx(sum(1.0 + 0.01 * i for i in range(100)))
 
 
 def test_zero_capacity_path_never_completes_but_does_not_crash():

@@ -12,9 +12,9 @@ Rules kept here, in order, for one request:
    then open parents themselves, each offering the rarest and a random one of the needed
    pieces it holds: a random sample of open peers (a swarm whose uplinks are mostly busy
    still finds its free ones fast), the seeds (few, and the parents of last resort when
-   every peer holding a piece is busy, as in Dragonfly 1), and a parent that just freed a
-   slot for this child (a hint from a wake-up). So rarest-first and random piece choices
-   both find what they look for. Filtered before scoring: offline peers, the child itself,
+   every peer holding a piece is busy, as in Dragonfly 1). So rarest-first and random piece
+   choices both find what they look for. A child woken because a parent freed a slot for it
+   gets that parent's offers as its batch (the rarest and a random needed piece it holds). Filtered before scoring: offline peers, the child itself,
    the child's blocklist, parents whose upload slots are full, and bad parents while anybody
    else can serve.
 3. The selector scores the whole batch in one call; the best pairs are assigned greedily,
@@ -54,7 +54,7 @@ class SchedulerConfig:
     retry_limit: int = 5
     back_source_limit: int = 200
     batch_reuse_s: float = 1.0      # 0: score afresh for every free slot
-    max_backoff_s: float = 4.0      # a waiting child's own retries back off up to this
+    max_backoff_s: float = 8.0      # a waiting child's own retries back off up to this
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,11 +233,18 @@ class Scheduler:
             return _EMPTY, _EMPTY, False
         pieces: list[int] = []
         parents: list[int] = []
+        open_ = sw.open_flags
+        if hint >= 0 and open_[hint]:
+            # a wake-up: this parent freed a slot for this child; what it offers is the batch,
+            # as a BitTorrent peer picks among what the peer that unchoked it holds
+            self._offers(np.array([hint]), needed, pieces, parents)
+            if parents:
+                return np.array(pieces, dtype=np.int64), np.array(parents, dtype=np.int64), True
         # the rarest needed pieces, each from a few of its open holders
         half = cfg.piece_candidates // 2
         rarest = idx[np.argpartition(sw.count[idx], half)[:half]] if n_idx > half else idx
         per, tries = cfg.parents_per_piece, cfg.holder_tries
-        holders, open_, rand = sw.holders, sw.open_flags, self._rand
+        holders, rand = sw.holders, self._rand
         for piece in rarest.tolist():
             hl = holders[piece]
             n = len(hl)
@@ -259,8 +266,6 @@ class Scheduler:
         m = len(pool)
         others = {pool[int(rand() * m)] for _ in range(min(cfg.open_sample, m))}
         others.update(s for s in sw.seeds if open_[s])
-        if hint >= 0 and open_[hint]:
-            others.add(hint)
         others.discard(child)
         if others:
             self._offers(np.fromiter(others, dtype=np.int64, count=len(others)), needed, pieces, parents)
