@@ -82,6 +82,7 @@ class Decision:
 _DONE = Decision(Decision.DONE)
 WAKE_SCAN = 16      # waiting children looked at per freed slot
 _EMPTY = np.zeros(0, dtype=np.int64)
+_NEVER = np.iinfo(np.int64).max
 
 
 @dataclass(slots=True)
@@ -200,6 +201,10 @@ class Scheduler:
                 if len(out) == want:
                     return Decision(Decision.ASSIGN, out, candidates=len(ranking.batch))
             del self._rankings[child]
+        if not sw.open_list:
+            # every uplink in the swarm is busy: nothing to search for
+            return Decision(Decision.ASSIGN, out) if out else \
+                self._no_candidates(child, bool(sw.available.any()))
         pieces, parents, available = self._candidates(child, running, self._hints.pop(child, -1))
         if len(pieces) == 0:
             return Decision(Decision.ASSIGN, out) if out else self._no_candidates(child, available)
@@ -292,9 +297,14 @@ class Scheduler:
             return
         offer = offer[rows]
         sample = sample[rows].tolist()
-        rare = np.argmin(np.where(offer, sw.count, np.iinfo(np.int64).max), axis=1).tolist()
-        shift = int(self._rand() * sw.n_pieces)
-        drawn = ((np.argmax(np.roll(offer, -shift, axis=1), axis=1) + shift) % sw.n_pieces).tolist()
+        rare = np.argmin(np.where(offer, sw.count, _NEVER), axis=1).tolist()
+        # a random needed piece: the first one at or after a random index, wrapping around
+        start = int(self._rand() * sw.n_pieces)
+        after = offer[:, start:]
+        drawn = (np.argmax(after, axis=1) + start).tolist()
+        if start:
+            for i in np.flatnonzero(~after.any(axis=1)).tolist():
+                drawn[i] = int(np.argmax(offer[i, :start]))
         for p, a, b in zip(sample, rare, drawn):
             parents.append(p)
             pieces.append(a)
