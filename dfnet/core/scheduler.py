@@ -11,12 +11,11 @@ Rules kept here, in order, for one request:
    slot) of each of those rarest pieces, drawn at random with a bounded number of tries;
    then open parents themselves, each offering the rarest and a random one of the needed
    pieces it holds: a random sample of open peers (a swarm whose uplinks are mostly busy
-   still finds its free ones fast), the seeds (few, and the parents of last resort when
+   still finds its free ones fast) and the seeds (few, and the parents of last resort when
    every peer holding a piece is busy, as in Dragonfly 1). So rarest-first and random piece
    choices both find what they look for. A child woken because a parent freed a slot for it
-   gets that parent's offers as its batch (the rarest and a random needed piece it holds). Filtered before scoring: offline peers, the child itself,
-   the child's blocklist, parents whose upload slots are full, and bad parents while anybody
-   else can serve.
+   gets that parent's offers as its batch. Filtered before scoring: the child itself, its
+   blocklist, and bad parents while anybody else can serve.
 3. The selector scores the whole batch in one call; the best pairs are assigned greedily,
    one per piece, while the parent has free slots, up to the child's free download slots.
    The rest of the ranking is kept for `batch_reuse_s`: the child's next free slots take the
@@ -29,12 +28,16 @@ Rules kept here, in order, for one request:
    `back_source_limit` peers of the task have (Dragonfly 2's rule, counted only when no
    parent exists, not when parents are busy: a flash crowd must not send 200 peers to the
    origin).
+5. Waiting children queue by progress: a freed slot wakes, among the oldest waiting, the one
+   holding the fewest pieces that the freed parent can serve (the last host's finish time
+   depends on the laggards). While others queue, a child that still has pieces in flight
+   joins the queue instead of searching.
 """
 from __future__ import annotations
 
 import random
-from heapq import heappop, heappush
 from dataclasses import dataclass, field
+from heapq import heappop, heappush
 
 import numpy as np
 
@@ -49,7 +52,7 @@ class SchedulerConfig:
     piece_candidates: int = 8
     parents_per_piece: int = 3
     holder_tries: int = 6           # random holders looked at per candidate piece
-    open_sample: int = 8            # open peers sampled when holders are mostly busy
+    open_sample: int = 8            # open peers sampled and asked what they offer
     retry_interval_s: float = 0.5   # Dragonfly 2: retry 5 times, 500 ms apart
     retry_limit: int = 5
     back_source_limit: int = 200
@@ -104,7 +107,6 @@ class Scheduler:
         self.config = config
         self.keep_features = keep_features
         self._rand = random.Random(seed).random
-        self._rng = np.random.default_rng(seed)
         self.decisions = 0
         self._rankings: dict[int, _Ranking] = {}
         self._hints: dict[int, int] = {}    # child -> a parent that just became free for it
