@@ -28,9 +28,9 @@ Rules kept here, in order, for one request:
    `back_source_limit` peers of the task have (Dragonfly 2's rule, counted only when no
    parent exists, not when parents are busy: a flash crowd must not send 200 peers to the
    origin).
-5. Waiting children queue by progress: a freed slot wakes, among the oldest waiting, the one
-   holding the fewest pieces that the freed parent can serve (the last host's finish time
-   depends on the laggards). While others queue, a child that still has pieces in flight
+5. Waiting children queue by progress: a freed slot wakes, among the `WAKE_SCAN` furthest
+   behind, one the freed parent can serve, from the parent's IDC if there is one (the last
+   host's finish time depends on the laggards; scarce inter-IDC links on locality). While others queue, a child that still has pieces in flight
    joins the queue instead of searching.
 """
 from __future__ import annotations
@@ -145,10 +145,11 @@ class Scheduler:
         waiting = self._waiting
         if not sw.open_flags[parent] or not waiting:
             return []
-        out: list[int] = []
+        useful: list[tuple[int, int, int]] = []
         passed: list[tuple[int, int, int]] = []
-        scanned = 0
-        while waiting and len(out) < n and scanned < WAKE_SCAN:
+        idc = sw.idc
+        local = 0
+        while waiting and local < n and len(useful) + len(passed) < WAKE_SCAN:
             entry = heappop(waiting)
             child = entry[2]
             if child not in self._is_waiting:
@@ -156,18 +157,23 @@ class Scheduler:
             if not sw.online[child] or sw.finished[child] == sw.n_pieces:
                 self._is_waiting.discard(child)
                 continue
-            scanned += 1
             if piece is not None:
                 ok = bool(sw.lack[child, piece]) and piece not in sw.running[child]
             else:
                 ok = bool((sw.have[parent] & sw.lack[child]).any())
             if ok and child != parent:
-                self._is_waiting.discard(child)
-                self._hints[child] = parent
-                out.append(child)
+                useful.append(entry)
+                local += idc[child] == idc[parent]
             else:
                 passed.append(entry)
-        for entry in passed:
+        # children in the parent's IDC first: a freed slot should not pull traffic across a
+        # scarce inter-IDC link while a neighbour waits; then the furthest behind
+        useful.sort(key=lambda e: (idc[e[2]] != idc[parent], e))
+        out = [e[2] for e in useful[:n]]
+        for child in out:
+            self._is_waiting.discard(child)
+            self._hints[child] = parent
+        for entry in useful[n:] + passed:
             heappush(waiting, entry)
         return out
 
