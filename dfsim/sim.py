@@ -205,14 +205,13 @@ class Simulation:
         self.finished += 1
         if self._bar is not None and self.mode == "source":
             self._bar.update(1)
-        if self.pending() == 0 and not self._stop.triggered:
-            self._stop.succeed()
+        self._check_stop()
 
     # ---- source mode ------------------------------------------------------------------------
     def _source_download(self, h: Node) -> None:
         if h.left:
             return
-        path, cross = self._path(self.origin, h)
+        path, _ = self._path(self.origin, h)
         flow = self.net.start(path, self.sc.file.size, self._source_done, tag=h)
         h.downloads[flow] = None
         h.fetching = flow
@@ -283,7 +282,7 @@ class Simulation:
             piece_length = self.task.piece_length
             for a in d.assignments:
                 parent = self.by_peer[a.parent]
-                path, cross = self._path(parent, h)
+                path, _ = self._path(parent, h)
                 t = Transfer(h, parent, a.piece, a.features, d.candidates)
                 flow = self.net.start(path, piece_length(a.piece), self._piece_done, tag=t)
                 h.downloads[flow] = None
