@@ -30,8 +30,9 @@ Rules kept here, in order, for one request:
    origin).
 5. Waiting children queue by progress: a freed slot wakes, among the `WAKE_SCAN` furthest
    behind, one the freed parent can serve, from the parent's IDC if there is one (the last
-   host's finish time depends on the laggards; scarce inter-IDC links on locality). While others queue, a child that still has pieces in flight
-   joins the queue instead of searching.
+   host's finish time depends on the laggards; scarce inter-IDC links depend on locality).
+   While others queue, a child that still has pieces in flight joins the queue instead of
+   searching.
 """
 from __future__ import annotations
 
