@@ -19,6 +19,7 @@ EXIT_USAGE = 2
 # command modules, in the order `dfly --help` lists them
 COMMANDS = (
     "experiments.commands.sim",
+    "experiments.commands.runtime",
 )
 
 __all__ = ["main", "UsageError", "EXIT_USAGE"]

@@ -1,0 +1,1 @@
+"""The daemon: one per host; downloads, verifies, stores, resumes and serves pieces."""

@@ -1,0 +1,333 @@
+"""One download on a daemon: from a dfget request to a verified file in place.
+
+Owns the loop that syncs with a supernode, fetches the pieces it assigns from their parents,
+and reports the results; back-to-source; failover between supernodes; the end checks.
+
+Rules kept here:
+- Assigned pieces are fetched concurrently, each streamed to its offset while hashed; a
+  piece counts only when its sha256 equals the supernode's digest, and is then recorded
+  durably (`dfnet.storage`), so a daemon killed at any moment resumes with every finished
+  piece and refetches only those that were in flight.
+- A piece that does not match is reported corrupt (the core blocklists that parent for this
+  task); a parent that fails otherwise is reported and the supernode decides again.
+- A supernode that stops answering is replaced by the next (`--supernode` order or the config
+  service's nearest-first list); the task id does not change (same URL, same source
+  version), so the pieces held carry over. With none left, the download goes back to the
+  source if allowed, else fails with a network error.
+- When the supernode says back-to-source, the missing pieces come from the origin with
+  Range requests, and their digests are reported so other peers can take them from here.
+- Source headers go to the supernode (the host that fetches from the origin) and to the
+  origin on back-to-source; never to parents, logs or metrics.
+- At the end the whole file's digest is checked when one was given, and the output appears
+  only complete: written to a temporary name next to it and renamed.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import secrets
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import aiohttp
+
+from dfnet.core.task import piece_size_for, task_id
+from dfnet.errors import DIGEST_MISMATCH, FILE_IO, NETWORK, PROTOCOL, SOURCE_KIND_CODES, DownloadError, status_code
+from dfnet.logs import redact_url
+from dfnet.protocol import TOKEN_HEADER
+from dfnet.source import SourceError, open_source
+from dfnet.storage import StorageError, TaskFiles
+from dfnet.throttle import bucket, pace
+from dfnet.upload import Servable
+
+from . import supernodes as sn
+
+PIECE_TIMEOUT_S = 60.0
+CHUNK = 256 * 1024
+SOURCE_CONCURRENCY = 4
+log = logging.getLogger("dfnet.daemon.download")
+
+
+@dataclass
+class Request:
+    """What dfget asked for."""
+
+    url: str
+    output: Path | None
+    headers: dict[str, str] = field(default_factory=dict)
+    digest: str | None = None          # "sha256:HEX" or "md5:HEX"
+    filter: tuple[str, ...] = ()
+    back_source: bool = True           # may go to the origin itself when no supernode answers
+    limit_bps: float = float("inf")
+
+
+class PieceFailed(Exception):
+    def __init__(self, message: str, corrupt: bool = False):
+        super().__init__(message)
+        self.corrupt = corrupt
+
+
+class Download:
+    """Runs one request to completion on behalf of a daemon (`host`)."""
+
+    def __init__(self, host, req: Request, progress: Callable[[int, int], None] = lambda done, total: None):
+        """`run()` leaves the verified file in the daemon's store; callers `place` copies."""
+        self.host = host                    # the Daemon: session, ids, buckets, servables
+        self.req = req
+        self.progress = progress
+        self.files: TaskFiles | None = None
+        self.fetched_pieces = 0             # from parents or the origin, this run
+        self.task_bucket = None
+
+    # ---- entry ---------------------------------------------------------------------------
+    async def run(self) -> TaskFiles:
+        self.task_bucket = bucket(self.req.limit_bps)
+        tried: list[str] = []
+        for addr in await self.host.supernodes():
+            tried.append(addr)
+            try:
+                await self._with_supernode(addr)
+                return await self._finish()
+            except sn.SupernodeUnavailable as e:
+                log.warning("supernode unavailable; trying the next", extra={"fields": {
+                    "supernode": addr, "reason": str(e)[:200]}})
+        if not self.req.back_source:
+            raise DownloadError(f"no supernode answered (tried {', '.join(tried) or 'none'}) "
+                                "and back-to-source is off", NETWORK)
+        log.info("no supernode: downloading from the source", extra={"fields": {"url": redact_url(self.req.url)}})
+        await self._back_to_source(None)
+        return await self._finish()
+
+    # ---- with a supernode ----------------------------------------------------------------
+    async def _with_supernode(self, addr: str) -> None:
+        h = self.host
+        while True:
+            reg = await sn.register(h.session, addr, {
+                "url": self.req.url, "filter": list(self.req.filter), "digest": self.req.digest,
+                "headers": self.req.headers, "peer": h.peer_json()})
+            self._open(reg.task_id, reg.length, reg.piece_size, reg.token)
+            try:
+                await self._sync_loop(addr, reg.task_id, reg.token)
+                return
+            except sn.TaskGone:
+                log.info("supernode forgot the task; registering again", extra={"fields": {"supernode": addr}})
+                continue
+
+    def _open(self, tid: str, length: int, piece_size: int, token: str) -> None:
+        if self.files is None or self.files.meta["task_id"] != tid:
+            self.files = self.host.open_task(tid, length, piece_size)
+        entry = self.host.servable.setdefault(tid, Servable(self.files))
+        entry.tokens.add(token)
+        self._report_progress()
+
+    async def _sync_loop(self, addr: str, tid: str, token: str) -> None:
+        h, files = self.host, self.files
+        done: list[list] = []
+        failed: list[list] = []
+        source: list[list] = []
+        have = [p for p in range(files.n_pieces) if files.have[p]]
+        inflight: dict[asyncio.Task, tuple[int, str]] = {}
+        try:
+            while True:
+                reply = await sn.sync(h.session, addr, tid, token, {
+                    "peer": h.peer_id, "done": done, "failed": failed, "source": source,
+                    "have": have, "idle": not inflight})
+                done, failed, source, have = [], [], [], []
+                if files.complete and not inflight:
+                    return
+                if reply.back_to_source and not inflight:
+                    got = await self._back_to_source((addr, tid, token))
+                    source.extend([p, files.digests[p]] for p in got)
+                    continue
+                for a in reply.assign:
+                    if files.have[a.piece]:          # proved on disk meanwhile
+                        done.append([a.piece, a.parent, 0, 0.0])
+                        continue
+                    job = asyncio.create_task(self._fetch_piece(a.piece, a.addr, tid, token, a.sha256))
+                    inflight[job] = (a.piece, a.parent)
+                if reply.done and not inflight and not files.complete:
+                    raise DownloadError("supernode says done but pieces are missing", PROTOCOL)
+                if not inflight:
+                    if reply.retry_after:
+                        await asyncio.sleep(reply.retry_after)
+                    continue
+                finished, _ = await asyncio.wait(inflight, timeout=reply.retry_after or None,
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                for job in finished:
+                    piece, parent = inflight.pop(job)
+                    try:
+                        nbytes, cost = job.result()
+                        done.append([piece, parent, nbytes, round(cost, 6)])
+                    except PieceFailed as e:
+                        failed.append([piece, parent, e.corrupt])
+                        log.warning("piece failed", extra={"fields": {
+                            "piece": piece, "parent": parent, "corrupt": e.corrupt, "reason": str(e)[:200]}})
+        finally:
+            for job in inflight:
+                job.cancel()
+            if inflight:
+                await asyncio.gather(*inflight, return_exceptions=True)
+
+    async def _fetch_piece(self, piece: int, addr: str, tid: str, token: str, sha: str) -> tuple[int, float]:
+        h, files = self.host, self.files
+        offset, n = files.piece_range(piece)
+        t0 = time.monotonic()
+        hasher = hashlib.sha256()
+        got = 0
+        buckets = (h.download_bucket, self.task_bucket)
+        try:
+            async with h.session.get(f"http://{addr}/v1/tasks/{tid}/pieces/{piece}", headers={TOKEN_HEADER: token},
+                                     timeout=aiohttp.ClientTimeout(total=PIECE_TIMEOUT_S, sock_connect=5,
+                                                                   sock_read=15)) as resp:
+                if resp.status != 200:
+                    raise PieceFailed(f"parent answered HTTP {resp.status}")
+                async for chunk in resp.content.iter_chunked(CHUNK):
+                    if got + len(chunk) > n:
+                        raise PieceFailed("parent sent more bytes than the piece holds", corrupt=True)
+                    await pace(buckets, len(chunk))
+                    await pace((h.disk_bucket,), len(chunk))
+                    files.write(offset + got, chunk)
+                    hasher.update(chunk)
+                    got += len(chunk)
+                    h.count_rx(len(chunk))
+        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as e:
+            raise PieceFailed(f"{type(e).__name__}: {e}") from None
+        except OSError as e:
+            raise DownloadError(f"cannot write {files.data_path}: {e.strerror or e}", FILE_IO) from None
+        if got != n:
+            raise PieceFailed(f"parent sent {got} of {n} bytes")
+        if hasher.hexdigest() != sha:
+            h.metrics.inc("dragonfly_dfdaemon_piece_corrupt_total")
+            raise PieceFailed("piece digest mismatch", corrupt=True)
+        files.commit(piece, sha)
+        self.fetched_pieces += 1
+        h.metrics.inc("dragonfly_dfdaemon_download_traffic", n, type="p2p")
+        self._report_progress()
+        return n, time.monotonic() - t0
+
+    # ---- back to source ------------------------------------------------------------------
+    async def _back_to_source(self, via: tuple[str, str, str] | None) -> list[int]:
+        """Fetch every missing piece from the origin; return the pieces fetched."""
+        h = self.host
+        if self.files is None:
+            # no supernode gave the grid: ask the origin for the length and use the core's rule
+            try:
+                resp = await open_source(h.session, self.req.url, self.req.headers, start=0, end=0)
+            except SourceError as e:
+                raise _source_error(e) from None
+            length = resp.length
+            resp.close()
+            tid = task_id(self.req.url, self.req.filter, tag=f"{self.req.digest or ''}|source|{length}")
+            self._open(tid, length, piece_size_for(length), secrets.token_hex(16))
+        h.metrics.inc("dragonfly_dfdaemon_back_source_total")
+        files = self.files
+        missing = [p for p in range(files.n_pieces) if not files.have[p]]
+        got: list[int] = []
+        sem = asyncio.Semaphore(SOURCE_CONCURRENCY)
+
+        async def one(piece: int) -> None:
+            async with sem:
+                await self._source_piece(piece)
+                got.append(piece)
+
+        async with asyncio.TaskGroup() as tg:
+            for p in missing:
+                tg.create_task(one(p))
+        return got
+
+    async def _source_piece(self, piece: int) -> None:
+        h, files = self.host, self.files
+        offset, n = files.piece_range(piece)
+        hasher = hashlib.sha256()
+        try:
+            resp = await open_source(h.session, self.req.url, self.req.headers, start=offset, end=offset + n - 1)
+        except SourceError as e:
+            raise _source_error(e) from None
+        try:
+            if resp.length != files.length:
+                raise DownloadError("the origin's file changed during the download", SOURCE_KIND_CODES["changed"])
+            skip = offset - resp.start          # an origin without ranges sends from byte 0
+            got = 0
+            async for chunk in resp.content.iter_chunked(CHUNK):
+                if skip > 0:
+                    cut = min(skip, len(chunk))
+                    chunk, skip = chunk[cut:], skip - cut
+                chunk = chunk[: n - got]
+                if not chunk:
+                    if got >= n:
+                        break
+                    continue
+                await pace((h.download_bucket, self.task_bucket, h.disk_bucket), len(chunk))
+                files.write(offset + got, chunk)
+                hasher.update(chunk)
+                got += len(chunk)
+                h.count_rx(len(chunk))
+            if got != n:
+                raise DownloadError(f"origin closed the connection early ({got} of {n} bytes of piece {piece})", NETWORK)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as e:
+            raise DownloadError(f"origin download failed: {type(e).__name__}", NETWORK) from None
+        finally:
+            resp.close()
+        files.commit(piece, hasher.hexdigest())
+        self.fetched_pieces += 1
+        h.metrics.inc("dragonfly_dfdaemon_download_traffic", n, type="back_source")
+        self._report_progress()
+
+    # ---- the end -------------------------------------------------------------------------
+    async def _finish(self) -> TaskFiles:
+        files = self.files
+        if self.req.digest:
+            algo, want = self.req.digest.split(":", 1)
+            got = await asyncio.to_thread(files.file_digest, algo)
+            if got != want:
+                raise DownloadError(f"digest mismatch: expected {algo}:{want}, got {algo}:{got}", DIGEST_MISMATCH)
+        return files
+
+    def _report_progress(self) -> None:
+        f = self.files
+        if f is None:
+            return
+        done = f.finished * f.piece_size
+        if f.n_pieces and f.have[f.n_pieces - 1]:
+            done -= f.n_pieces * f.piece_size - f.length
+        self.progress(min(done, f.length), f.length)
+
+
+def _source_error(e: SourceError) -> DownloadError:
+    code = status_code(e.status) if e.kind == "status" else SOURCE_KIND_CODES.get(e.kind, NETWORK)
+    return DownloadError(str(e), code)
+
+
+def place(files: TaskFiles, output: Path) -> None:
+    """Copy the task's bytes to `output` so that it appears only complete."""
+    output = Path(output)
+    tmp = output.parent / f".{output.name}.dfget-{secrets.token_hex(4)}"
+    try:
+        with open(files.data_path, "rb") as src, open(tmp, "wb") as dst:
+            n = files.length
+            try:
+                offset = 0
+                while offset < n:
+                    k = os.copy_file_range(src.fileno(), dst.fileno(), n - offset, offset, offset)
+                    if k == 0:
+                        break
+                    offset += k
+            except OSError:
+                src.seek(0)
+                dst.seek(0)
+                dst.truncate()
+                shutil.copyfileobj(src, dst, 4 << 20)
+        os.replace(tmp, output)
+    except OSError as e:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise DownloadError(f"cannot write {output}: {e.strerror or e}", FILE_IO) from None
+    except StorageError as e:
+        raise DownloadError(str(e), FILE_IO) from None

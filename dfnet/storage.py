@@ -1,0 +1,196 @@
+"""One task's bytes on disk and the durable record of its verified pieces.
+
+Layout of a task folder, `ROOT/<task id>/`:
+- `data`: the file itself, sized to its length up front, each piece written at its offset;
+- `pieces`: an append-only record, one 36-byte entry (uint32 index, sha256) per verified piece;
+- `meta.json`: what the task is (length, piece size, validators, ...), replaced atomically.
+
+Rules kept here:
+- A piece counts only once its bytes are written and its digest checked; only then is its
+  entry appended. A process killed at any moment (SIGKILL) leaves every recorded piece's bytes
+  in the page cache, and any piece in flight unrecorded, so it is fetched again, never trusted.
+- On open, every recorded piece is hashed again (a power loss can keep the record and lose the
+  bytes) and a torn last entry is ignored: a resumed download trusts nothing it cannot prove.
+- A task folder is named by the task id alone, 64 lower-case hex digits, checked here: no
+  name from the network ever becomes a path that leaves `ROOT`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import struct
+import time
+from pathlib import Path
+
+_ENTRY = struct.Struct("<I32s")
+_TASK_ID = re.compile(r"[0-9a-f]{64}")
+HASH_CHUNK = 1 << 20
+
+
+class StorageError(Exception):
+    """A task folder that cannot be used; the message is one line."""
+
+
+def check_task_id(task_id: str) -> str:
+    if not isinstance(task_id, str) or not _TASK_ID.fullmatch(task_id):
+        raise StorageError(f"not a task id: {str(task_id)[:80]!r}")
+    return task_id
+
+
+class TaskFiles:
+    """The files of one task under a data root. Create with `create` or `open`."""
+
+    def __init__(self, folder: Path, meta: dict):
+        self.folder = folder
+        self.meta = meta
+        self.length = int(meta["length"])
+        self.piece_size = int(meta["piece_size"])
+        self.n_pieces = -(-self.length // self.piece_size) if self.length else 0
+        self.have = bytearray(self.n_pieces)
+        self.digests: list[str | None] = [None] * self.n_pieces
+        self.finished = 0
+        self.data_path = folder / "data"
+        self._fd = os.open(self.data_path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._record = open(folder / "pieces", "ab")
+        self.last_used = time.time()
+
+    # ---- lifecycle -----------------------------------------------------------------------
+    @classmethod
+    def create(cls, root: Path, task_id: str, meta: dict) -> "TaskFiles":
+        """A fresh task folder (an old one with the same id is replaced)."""
+        folder = Path(root) / check_task_id(task_id)
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        meta = dict(meta, task_id=task_id)
+        _write_json(folder / "meta.json", meta)
+        files = cls(folder, meta)
+        os.ftruncate(files._fd, files.length)
+        return files
+
+    @classmethod
+    def open(cls, root: Path, task_id: str, verify: bool = True) -> "TaskFiles | None":
+        """The task's folder as left by an earlier run, with its proven pieces; None if absent."""
+        folder = Path(root) / check_task_id(task_id)
+        try:
+            meta = json.loads((folder / "meta.json").read_text())
+            files = cls(folder, meta)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if os.fstat(files._fd).st_size != files.length:
+            os.ftruncate(files._fd, files.length)
+        files._load_record(verify)
+        return files
+
+    def _load_record(self, verify: bool) -> None:
+        raw = (self.folder / "pieces").read_bytes()
+        good: list[bytes] = []
+        for off in range(0, len(raw) - len(raw) % _ENTRY.size, _ENTRY.size):
+            piece, digest = _ENTRY.unpack_from(raw, off)
+            if piece >= self.n_pieces or self.have[piece]:
+                continue
+            if verify and self.sha256(piece) != digest.hex():
+                continue
+            self._mark(piece, digest.hex())
+            good.append(raw[off:off + _ENTRY.size])
+        if len(good) * _ENTRY.size != len(raw):       # rewrite without torn or bad entries
+            self._record.close()
+            tmp = self.folder / "pieces.tmp"
+            tmp.write_bytes(b"".join(good))
+            os.replace(tmp, self.folder / "pieces")
+            self._record = open(self.folder / "pieces", "ab")
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+            self._record.close()
+
+    def remove(self) -> None:
+        self.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def save_meta(self, **changes) -> None:
+        self.meta.update(changes)
+        _write_json(self.folder / "meta.json", self.meta)
+
+    # ---- pieces --------------------------------------------------------------------------
+    def piece_range(self, piece: int) -> tuple[int, int]:
+        """(offset, length) of `piece`."""
+        if not 0 <= piece < self.n_pieces:
+            raise StorageError(f"piece {piece} out of range 0..{self.n_pieces - 1}")
+        start = piece * self.piece_size
+        return start, min(self.piece_size, self.length - start)
+
+    def write(self, offset: int, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(self._fd, view, offset)
+            view, offset = view[n:], offset + n
+
+    def commit(self, piece: int, digest_hex: str) -> None:
+        """`piece`'s bytes are written and match `digest_hex`: record it durably."""
+        if self.have[piece]:
+            return
+        self._record.write(_ENTRY.pack(piece, bytes.fromhex(digest_hex)))
+        self._record.flush()            # in the kernel now: survives the process being killed
+        self._mark(piece, digest_hex)
+
+    def _mark(self, piece: int, digest_hex: str) -> None:
+        self.have[piece] = 1
+        self.digests[piece] = digest_hex
+        self.finished += 1
+
+    @property
+    def complete(self) -> bool:
+        return self.finished == self.n_pieces
+
+    def read(self, offset: int, n: int) -> bytes:
+        return os.pread(self._fd, n, offset)
+
+    def sha256(self, piece: int) -> str:
+        start, n = self.piece_range(piece)
+        h = hashlib.sha256()
+        while n > 0:
+            chunk = os.pread(self._fd, min(HASH_CHUNK, n), start)
+            if not chunk:
+                break
+            h.update(chunk)
+            start += len(chunk)
+            n -= len(chunk)
+        return h.hexdigest()
+
+    def file_digest(self, algorithm: str) -> str:
+        """The whole file's digest (`sha256` or `md5`), read back from disk."""
+        h = hashlib.new(algorithm)
+        offset = 0
+        while offset < self.length:
+            chunk = os.pread(self._fd, min(HASH_CHUNK * 4, self.length - offset), offset)
+            if not chunk:
+                break
+            h.update(chunk)
+            offset += len(chunk)
+        return h.hexdigest()
+
+    def disk_bytes(self) -> int:
+        try:
+            return os.fstat(self._fd).st_blocks * 512
+        except OSError:
+            return 0
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def task_ids(root: Path) -> list[str]:
+    """Task folders under `root` (names that are not task ids are left alone)."""
+    try:
+        return sorted(p.name for p in Path(root).iterdir() if _TASK_ID.fullmatch(p.name))
+    except FileNotFoundError:
+        return []

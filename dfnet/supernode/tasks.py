@@ -1,0 +1,179 @@
+"""One task as the supernode runs it: the core's swarm and scheduler, fed from the wire.
+
+Owns, for one task version: the mapping between peer ids on the wire and swarm indexes, the
+pieces in flight per child (so a result is applied once, and only for a transfer that was
+assigned), the piece digests the seed cut, and the events that wake long-polling peers.
+
+Rules kept here:
+- Every decision comes from `dfnet.core.scheduler`; this class only translates.
+- A result for a transfer that was not assigned (stale, duplicated, forged) is ignored.
+- A parent that fails `PARENT_FAILURES` transfers in a row without a corrupt piece is taken
+  offline (the daemon died or cannot be reached); a corrupt piece blocklists its parent for
+  the reporting child at once (the core's rule).
+- A peer that registers again (its daemon restarted) gets a fresh swarm index: the old one
+  goes offline with its transfers, the new one starts from the pieces it proves it holds.
+- The digest of a piece a back-to-source peer fetched is accepted only if the seed has none
+  for that piece yet.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+
+from dfnet.core.scheduler import Decision, Scheduler, SchedulerConfig
+from dfnet.core.swarm import Swarm
+from dfnet.core.task import Task
+from dfnet.protocol import Assign, PeerInfo, ProtocolError, Sync, SyncReply
+from dfnet.storage import TaskFiles
+from models.interfaces import PieceSelector
+
+PARENT_FAILURES = 3
+SOURCE = "source"            # the parent id a peer names for pieces it fetched from the origin
+
+
+class SupernodeTask:
+    def __init__(self, key: str, task: Task, files: TaskFiles, selector: PieceSelector,
+                 config: SchedulerConfig, slots: tuple[int, int], token: str, seed_id: str,
+                 seed_addr: str, seed: int = 0):
+        self.key = key
+        self.task = task
+        self.files = files
+        self.token = token
+        self.swarm = Swarm(task, slots[0], slots[1])
+        self.scheduler = Scheduler(self.swarm, selector, config, seed=seed)
+        self.seed = self.swarm.add_peer(seed_id, is_seed=True)
+        self.ids: list[str] = [seed_id]
+        self.addrs: list[str] = [seed_addr]
+        self.index: dict[str, int] = {seed_id: self.seed}
+        self.inflight: dict[int, dict[int, int]] = {}
+        self.events: dict[int, asyncio.Event] = {}
+        self.fail_streak: dict[int, int] = {}
+        self.digests: list[str | None] = list(files.digests)
+        for piece in range(task.n_pieces):
+            if files.have[piece]:
+                self.swarm.add_piece(self.seed, piece)
+        self.validator: str | None = files.meta.get("etag") or files.meta.get("last_modified")
+        self.fetching = False
+        self.error: str | None = None
+        self.last_activity = time.monotonic()
+        self.revalidated = time.monotonic()
+        self.assigned = 0
+
+    # ---- the seed ------------------------------------------------------------------------
+    def start_fetch(self) -> None:
+        self.fetching = True
+        self.swarm.producing.add(self.seed)
+
+    def end_fetch(self, error: str | None = None) -> None:
+        self.fetching = False
+        self.swarm.producing.discard(self.seed)
+        if error and not self.files.complete:
+            self.error = error
+        self._wake(list(self.events))
+
+    def piece_cut(self, piece: int, digest: str) -> None:
+        self.digests[piece] = digest
+        self._wake(self.scheduler.piece_added(self.seed, piece))
+
+    # ---- peers ---------------------------------------------------------------------------
+    def register(self, peer: PeerInfo) -> int:
+        self.last_activity = time.monotonic()
+        old = self.index.get(peer.id)
+        if old is not None and old != self.seed:
+            self._drop(old)
+        i = self.swarm.add_peer(peer.id, idc=peer.idc, location=peer.location,
+                                upload_bps=peer.upload_bps, download_bps=peer.download_bps)
+        self.index[peer.id] = i
+        self.ids.append(peer.id)
+        self.addrs.append(peer.addr)
+        self.inflight[i] = {}
+        self.events[i] = asyncio.Event()
+        return i
+
+    def leave(self, peer_id: str) -> None:
+        i = self.index.get(peer_id)
+        if i is not None and i != self.seed:
+            self._drop(i)
+
+    def _drop(self, i: int) -> None:
+        """Peer `i` is gone: its transfers fail, it stops being anybody's parent."""
+        for piece, parent in self.inflight.pop(i, {}).items():
+            self._wake(self.scheduler.piece_failed(i, piece, parent))
+        self.swarm.remove_peer(i)
+        ev = self.events.pop(i, None)
+        if ev is not None:
+            ev.set()
+
+    def child_of(self, peer_id: str) -> int:
+        i = self.index.get(peer_id)
+        if i is None or i not in self.inflight:
+            raise ProtocolError(f"peer {peer_id[:80]!r} is not registered for this task")
+        return i
+
+    # ---- one sync: results in, decision out ------------------------------------------------
+    def apply(self, msg: Sync, now: float) -> int:
+        """Apply a peer's reported results; return its swarm index."""
+        child = self.child_of(msg.peer)
+        self.last_activity = time.monotonic()
+        flight = self.inflight[child]
+        for piece, parent_id, nbytes, cost in msg.done:
+            parent = self.index.get(parent_id, -1)
+            if flight.get(piece) != parent:
+                continue
+            del flight[piece]
+            self.fail_streak[parent] = 0
+            self._wake(self.scheduler.piece_done(child, piece, parent, nbytes, cost, now))
+        for piece, parent_id, corrupt in msg.failed:
+            parent = self.index.get(parent_id, -1)
+            if flight.get(piece) != parent:
+                continue
+            del flight[piece]
+            self._wake(self.scheduler.piece_failed(child, piece, parent, corrupt=corrupt))
+            if not corrupt and parent != self.seed:
+                streak = self.fail_streak.get(parent, 0) + 1
+                self.fail_streak[parent] = streak
+                if streak >= PARENT_FAILURES:
+                    self._drop(parent)
+        for piece in msg.have:
+            if piece < self.task.n_pieces and self.digests[piece] is not None and piece not in flight:
+                self._wake(self.scheduler.piece_added(child, piece))
+        for piece, digest in msg.source:
+            if piece >= self.task.n_pieces:
+                raise ProtocolError(f"sync: piece {piece} out of range")
+            if self.digests[piece] is None:
+                self.digests[piece] = digest
+            if self.digests[piece] == digest:
+                self._wake(self.scheduler.piece_added(child, piece))
+        return child
+
+    def decide(self, child: int, now: float) -> SyncReply:
+        """The core's decision for `child`, on the wire."""
+        if self.error:
+            return SyncReply([], done=False)
+        d = self.scheduler.request(child, now)
+        if d.kind == Decision.ASSIGN:
+            out = []
+            flight = self.inflight[child]
+            for a in d.assignments:
+                flight[a.piece] = a.parent
+                out.append(Assign(a.piece, self.ids[a.parent], self.addrs[a.parent], self.digests[a.piece]))
+            self.assigned += len(out)
+            return SyncReply(out)
+        if d.kind == Decision.DONE:
+            return SyncReply([], done=True)
+        if d.kind == Decision.BACK_TO_SOURCE:
+            return SyncReply([], back_to_source=True)
+        return SyncReply([], retry_after=d.retry_after)
+
+    def event(self, child: int) -> asyncio.Event:
+        return self.events[child]
+
+    def _wake(self, children: list[int]) -> None:
+        for c in children:
+            ev = self.events.get(c)
+            if ev is not None:
+                ev.set()
+
+    @property
+    def in_use(self) -> bool:
+        return self.fetching or time.monotonic() - self.last_activity < 30.0

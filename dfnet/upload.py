@@ -1,0 +1,86 @@
+"""Serving pieces to peers: the upload side shared by daemons and supernodes.
+
+Rules kept here:
+- A piece is served only to a request that presents a token the node holds for that task
+  (compared in constant time), only if the node holds the piece, and only from the task's
+  own folder: the task id is checked as 64 hex digits and the piece index against the grid,
+  so no request can name a path.
+- The bytes go from the page cache to the socket with `sendfile` (zero copy) in chunks, each
+  paced by the node's upload buckets; without sendfile (some platforms, TLS) it falls back to
+  reads.
+- The node does not re-verify before serving: children verify every piece against the
+  supernode's digest, and a corrupt piece gets its sender reported and dropped for the task.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import os
+from dataclasses import dataclass, field
+from typing import Callable
+
+from aiohttp import web
+
+from .core.tokenbucket import TokenBucket
+from .protocol import TOKEN_HEADER
+from .storage import StorageError, TaskFiles, check_task_id
+from .throttle import pace
+
+CHUNK = 1 << 20
+
+
+@dataclass
+class Servable:
+    """A task a node can serve from: its files and the tokens that entitle peers to it."""
+
+    files: TaskFiles
+    tokens: set[str] = field(default_factory=set)
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def piece_handler(lookup: Callable[[str], Servable | None], buckets: Callable[[], tuple[TokenBucket, ...]],
+                  on_sent: Callable[[int], None] = lambda n: None):
+    """An aiohttp handler for `GET /v1/tasks/{task}/pieces/{piece}`."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        try:
+            task_id = check_task_id(request.match_info["task"])
+            piece = int(request.match_info["piece"])
+        except (StorageError, ValueError):
+            return _error(400, "bad task id or piece index")
+        entry = lookup(task_id)
+        token = request.headers.get(TOKEN_HEADER, "")
+        if entry is None or not any(hmac.compare_digest(token, t) for t in entry.tokens):
+            return _error(403, "no such task for this token")
+        files = entry.files
+        try:
+            offset, n = files.piece_range(piece)
+        except StorageError as e:
+            return _error(400, str(e))
+        if not files.have[piece]:
+            return _error(404, f"piece {piece} not held here")
+        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        resp.content_length = n
+        await resp.prepare(request)
+        loop = asyncio.get_running_loop()
+        transport = request.transport
+        with open(files.data_path, "rb") as f:
+            sent = 0
+            while sent < n:
+                k = min(CHUNK, n - sent)
+                await pace(buckets(), k)
+                if transport is None or transport.is_closing():
+                    raise ConnectionResetError("peer went away")
+                try:
+                    await loop.sendfile(transport, f, offset + sent, k)
+                except NotImplementedError:
+                    await resp.write(os.pread(f.fileno(), k, offset + sent))
+                sent += k
+                on_sent(k)
+        await resp.write_eof()
+        return resp
+
+    return handle

@@ -1,0 +1,194 @@
+"""`dfly supernode` and `dfly daemon`: the live runtime's node processes (dfnet).
+
+Each parses its flags into one-line usage errors, starts its aiohttp apps, prints one JSON line
+`{"listening": ...}` on stdout, logs JSON lines to stderr, and stops on SIGTERM / SIGINT.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from pathlib import Path
+
+from experiments.commands.errors import UsageError
+
+
+def _rate(text: str | None, flag: str) -> float | None:
+    if text is None:
+        return None
+    from dfnet.core.units import parse_limit
+    try:
+        return parse_limit(text)
+    except ValueError as e:
+        raise UsageError(f"{flag}: {e}") from None
+
+
+def _addr(text: str, flag: str) -> tuple[str, int]:
+    from dfnet.serve import parse_addr
+    try:
+        return parse_addr(text, flag)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def _data_dir(text: str, flag: str = "--data") -> Path:
+    path = Path(text).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"{flag} {text}: {e.strerror or e}") from None
+    return path
+
+
+def _selector_factory(uri: str):
+    from models.loader import PolicyError, load_piece_selector
+    try:
+        load_piece_selector(uri, seed=0)
+    except PolicyError as e:
+        raise UsageError(str(e)) from None
+    return lambda seed: load_piece_selector(uri, seed=seed)
+
+
+# ---- supernode ---------------------------------------------------------------------------
+def supernode(args: argparse.Namespace) -> int:
+    host, port = _addr(args.listen, "--listen")
+    data = _data_dir(args.data)
+    factory = _selector_factory(args.policy)
+    from dfnet.core.units import parse_size
+    piece = None
+    if args.piece_size:
+        try:
+            piece = parse_size(args.piece_size)
+            if not 0 < piece <= 64 << 20:
+                raise ValueError("must be between 1 B and 64 MiB")
+        except ValueError as e:
+            raise UsageError(f"--piece-size: {e}") from None
+    cache = []
+    for flag, text in (("--cache-high", args.cache_high), ("--cache-low", args.cache_low)):
+        try:
+            cache.append(parse_size(text))
+        except ValueError as e:
+            raise UsageError(f"{flag}: {e}") from None
+    if cache[1] > cache[0]:
+        raise UsageError("--cache-low must not exceed --cache-high")
+    upload = _rate(args.upload_limit, "--upload-limit")
+    from dfnet import logs
+    logs.setup(args.log_level)
+    return asyncio.run(_supernode(args, host, port, data, factory, piece, cache, upload))
+
+
+async def _supernode(args, host, port, data, factory, piece, cache, upload) -> int:
+    from dfnet import serve
+    from dfnet.supernode.service import Supernode
+    from dfnet.throttle import set_rate
+
+    node = Supernode(data, factory, advertise="", piece_size=piece, cache_high=cache[0], cache_low=cache[1])
+    if upload:
+        set_rate(node.upload_bucket, upload)
+    runner, addr = await serve.start(node.app(), host, port)
+    node.advertise = args.advertise or addr
+    node.node_id = args.id or f"supernode-{node.advertise}"
+    heartbeat = None
+    if args.config_service:
+        from dfnet.configservice.client import SupernodeHeartbeat
+        heartbeat = asyncio.create_task(SupernodeHeartbeat(
+            args.config_service, {"id": node.node_id, "addr": node.advertise, "idc": args.idc,
+                                  "location": args.location}).run())
+    serve.announce(listening=addr, id=node.node_id)
+    try:
+        await serve.wait_for_signal()
+    finally:
+        if heartbeat:
+            heartbeat.cancel()
+        await runner.cleanup()
+    return 0
+
+
+# ---- daemon ------------------------------------------------------------------------------
+def daemon(args: argparse.Namespace) -> int:
+    host, port = _addr(args.listen, "--listen")
+    up_host, up_port = _addr(args.upload_listen or f"{host}:0", "--upload-listen")
+    for s in args.supernode:
+        _addr(s, "--supernode")
+    data = _data_dir(args.data)
+    down = _rate(args.download_limit, "--download-limit")
+    up = _rate(args.upload_limit, "--upload-limit")
+    from models.loader import PolicyError, load_rate_controller
+    try:
+        rates = load_rate_controller(args.rate_policy, seed=0, download_bps=down, upload_bps=up)
+    except PolicyError as e:
+        raise UsageError(str(e)) from None
+    if args.registry_mirror:
+        raise UsageError("--registry-mirror is not available yet (image distribution is issue 4)")
+    from dfnet import logs
+    logs.setup(args.log_level)
+    if not args.supernode and not args.config_service:
+        import logging
+        logging.getLogger("dfnet.daemon").warning(
+            "no --supernode or --config-service: downloads can only go back to the source")
+    return asyncio.run(_daemon(args, host, port, up_host, up_port, data, rates))
+
+
+async def _daemon(args, host, port, up_host, up_port, data, rates) -> int:
+    from dfnet import serve
+    from dfnet.daemon.service import Daemon
+
+    node = Daemon(data, supernodes=args.supernode, config_service=args.config_service, idc=args.idc,
+                  location=args.location, rate_controller=rates, nic=args.nic, idle_exit_s=args.idle_exit)
+    up_runner, up_addr = await serve.start(node.upload_app(), up_host, up_port)
+    if args.advertise:
+        up_addr = f"{args.advertise}:{up_addr.rsplit(':', 1)[1]}"
+    node.upload_addr = up_addr
+    try:
+        runner, addr = await serve.start(node.local_app(), host, port)
+    except OSError:
+        await up_runner.cleanup()
+        raise
+    serve.announce(listening=addr, upload=up_addr, peer=node.peer_id)
+    try:
+        stop = asyncio.create_task(serve.wait_for_signal(node.stop))
+        await stop
+    finally:
+        await runner.cleanup()
+        await up_runner.cleanup()
+    return 0
+
+
+def add_parser(sub) -> None:
+    sn = sub.add_parser("supernode", help="run a supernode: scheduler and seed cache")
+    sn.add_argument("--listen", default="127.0.0.1:8002", metavar="ADDR")
+    sn.add_argument("--advertise", default=None, metavar="ADDR", help="address peers use (default: the bound one)")
+    sn.add_argument("--data", default=os.path.expanduser("~/.dfly/supernode"), metavar="DIR")
+    sn.add_argument("--policy", default="heuristic:d2", metavar="URI")
+    sn.add_argument("--config-service", default=None, metavar="URL")
+    sn.add_argument("--id", default=None, help="node id (default supernode-ADDR)")
+    sn.add_argument("--idc", default="")
+    sn.add_argument("--location", default="")
+    sn.add_argument("--piece-size", default=None, metavar="SIZE", help="override Dragonfly 1's piece-size rule")
+    sn.add_argument("--upload-limit", default=None, metavar="RATE")
+    sn.add_argument("--cache-high", default="50GiB", metavar="SIZE", help="GC starts above this (default 50GiB)")
+    sn.add_argument("--cache-low", default="40GiB", metavar="SIZE", help="GC goes down to this (default 40GiB)")
+    sn.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sn.set_defaults(func=supernode)
+
+    d = sub.add_parser("daemon", help="run a host's daemon: P2P download, upload, local API")
+    d.add_argument("--listen", default="127.0.0.1:65001", metavar="ADDR", help="local API for dfget")
+    d.add_argument("--upload-listen", default=None, metavar="ADDR", help="upload server for peers (default HOST:0)")
+    d.add_argument("--advertise", default=None, metavar="HOST", help="host peers reach the upload server at")
+    d.add_argument("--supernode", action="append", default=[], metavar="ADDR")
+    d.add_argument("--config-service", default=None, metavar="URL")
+    d.add_argument("--data", default=os.path.expanduser("~/.dfly/daemon"), metavar="DIR")
+    d.add_argument("--idc", default="")
+    d.add_argument("--location", default="")
+    d.add_argument("--download-limit", default=None, metavar="RATE")
+    d.add_argument("--upload-limit", default=None, metavar="RATE")
+    d.add_argument("--rate-policy", default="heuristic:static", metavar="URI")
+    d.add_argument("--registry-mirror", default=None, metavar="URL")
+    d.add_argument("--nic", default=None, help="interface whose counters the rate policy sees")
+    d.add_argument("--idle-exit", type=float, default=0.0, metavar="SECONDS",
+                   help="exit after this long with no transfer (0: never)")
+    d.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    d.set_defaults(func=daemon)
