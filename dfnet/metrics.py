@@ -38,7 +38,8 @@ class Metrics:
             lines.append(f"# TYPE {name} {kind}")
             for labels, value in sorted(self._values.get(name, {}).items()):
                 lab = ",".join(f'{k}="{v}"' for k, v in labels)
-                lines.append(f"{name}{{{lab}}} {value:g}" if lab else f"{name} {value:g}")
+                text = str(int(value)) if float(value).is_integer() else repr(float(value))
+                lines.append(f"{name}{{{lab}}} {text}" if lab else f"{name} {text}")
         return "\n".join(lines) + "\n"
 
     async def handler(self, request: web.Request) -> web.Response:

@@ -84,9 +84,11 @@ class Decision:
 
 
 _DONE = Decision(Decision.DONE)
+# the feature table's blocks: piece columns, then the parent's (gathered), then pair and child
+_PIECE_END = COL["piece_distance"] + 1
+_PAIR_FIRST = COL["same_idc"]
+assert _PIECE_END == PARENT_FIRST and _PAIR_FIRST == PARENT_LAST + 1 and N_FEATURES == _PAIR_FIRST + 4
 WAKE_SCAN = 16      # waiting children looked at per freed slot
-_EMPTY = np.zeros(0, dtype=np.int64)
-_NEVER = np.iinfo(np.int64).max
 
 
 @dataclass(slots=True)
@@ -94,8 +96,10 @@ class _Ranking:
     """A scored batch whose best pairs were not all used yet."""
 
     expires: float
-    order: list[int]          # rows of `batch`, best first, not yet used
-    batch: CandidateBatch
+    order: list[int]          # rows of the batch, best first, not yet used
+    pieces: list[int]
+    parents: list[int]
+    x: np.ndarray | None      # the feature rows (None for a lone pair when no trace is kept)
 
 
 class Scheduler:
@@ -159,9 +163,9 @@ class Scheduler:
                 self._is_waiting.discard(child)
                 continue
             if piece is not None:
-                ok = bool(sw.lack[child, piece]) and piece not in sw.running[child]
+                ok = not (sw.have_bits[child] | sw.run_bits[child]) >> piece & 1
             else:
-                ok = bool((sw.have[parent] & sw.lack[child]).any())
+                ok = bool(sw.have_bits[parent] & ~sw.have_bits[child] & ~sw.run_bits[child])
             if ok and child != parent:
                 useful.append(entry)
                 local += idc[child] == idc[parent]
@@ -208,58 +212,62 @@ class Scheduler:
             if ranking.expires >= now:
                 self._take(child, ranking, want, out)
                 if len(out) == want:
-                    return Decision(Decision.ASSIGN, out, candidates=len(ranking.batch))
+                    return Decision(Decision.ASSIGN, out, candidates=len(ranking.pieces))
             del self._rankings[child]
         if not sw.open_list:
             # every uplink in the swarm is busy: nothing to search for
             return Decision(Decision.ASSIGN, out) if out else \
-                self._no_candidates(child, bool(sw.available.any()))
-        pieces, parents, available = self._candidates(child, running, self._hints.pop(child, -1))
-        if len(pieces) == 0:
+                self._no_candidates(child, bool(sw.avail_bits))
+        pieces, parents, available = self._candidates(child, self._hints.pop(child, -1))
+        if not pieces:
             return Decision(Decision.ASSIGN, out) if out else self._no_candidates(child, available)
         self._waits.pop(child, None)
         self.decisions += 1
-        batch = self._batch(child, running, pieces, parents)
-        if len(pieces) > 1:
+        n = len(pieces)
+        x = None
+        if n > 1 or self.keep_features:
+            x = self._features(child, running, pieces, parents)
+        if n > 1:
             view = PeerView(child, sw.peers[child].idc, sw.peers[child].location,
                             sw.finished[child], sw.n_pieces, len(running))
-            order = np.argsort(-self.selector.score(view, batch, now), kind="stable").tolist()
+            batch = CandidateBatch(np.array(pieces, dtype=np.int64), np.array(parents, dtype=np.int64), x)
+            score = self.selector.score(view, batch, now).tolist()
+            # best first, ties in batch order (a stable sort, as np.argsort(-score, "stable"))
+            order = sorted(range(n), key=score.__getitem__, reverse=True)
         else:
             order = [0]
-        ranking = _Ranking(now + cfg.batch_reuse_s, order, batch)
+        ranking = _Ranking(now + cfg.batch_reuse_s, order, pieces, parents, x)
         self._take(child, ranking, want, out, kept=False)
         if ranking.order and cfg.batch_reuse_s > 0:
             self._rankings[child] = ranking
         if not out:              # every pair lost its slot to an earlier pick of this batch
             return self._wait(child)
-        return Decision(Decision.ASSIGN, out, candidates=len(batch))
+        return Decision(Decision.ASSIGN, out, candidates=n)
 
     # ---- steps ---------------------------------------------------------------------------
-    def _candidates(self, child: int, running: set[int], hint: int) -> tuple[np.ndarray, np.ndarray, bool]:
-        """Candidate (piece, parent) pairs, and whether any needed piece has an online holder."""
+    def _candidates(self, child: int, hint: int) -> tuple[list[int], list[int], bool]:
+        """Candidate (piece, parent) pairs, and whether any needed piece has an online holder.
+
+        Pure Python on the swarm's bitsets: a request's batch is a handful of pairs, where a
+        numpy call's fixed cost would dominate."""
         sw, cfg = self.swarm, self.config
-        needed = sw.available & sw.lack[child]
-        if running:
-            needed[list(running)] = False
-        idx = np.flatnonzero(needed)
-        n_idx = len(idx)
-        if n_idx == 0:
-            return _EMPTY, _EMPTY, False
+        needed = sw.avail_bits & ~sw.have_bits[child] & ~sw.run_bits[child]
+        if not needed:
+            return [], [], False
         pieces: list[int] = []
         parents: list[int] = []
         open_ = sw.open_flags
+        rand = self._rand
         if hint >= 0 and open_[hint]:
             # a wake-up: this parent freed a slot for this child; what it offers is the batch,
             # as a BitTorrent peer picks among what the peer that unchoked it holds
-            self._offers(np.array([hint]), needed, pieces, parents)
+            self._offer(hint, needed, int(rand() * sw.n_pieces), pieces, parents)
             if parents:
-                return np.array(pieces, dtype=np.int64), np.array(parents, dtype=np.int64), True
+                return pieces, parents, True
         # the rarest needed pieces, each from a few of its open holders
-        half = cfg.piece_candidates // 2
-        rarest = idx[np.argpartition(sw.count[idx], half)[:half]] if n_idx > half else idx
         per, tries = cfg.parents_per_piece, cfg.holder_tries
-        holders, rand = sw.holders, self._rand
-        for piece in rarest.tolist():
+        holders = sw.holders
+        for piece in sw.rarest_few(needed, cfg.piece_candidates // 2):
             hl = holders[piece]
             n = len(hl)
             if n <= tries:
@@ -274,72 +282,74 @@ class Scheduler:
                             break
             parents.extend(found)
             pieces.extend([piece] * len(found))
-        # open parents themselves: the seeds, the hinted parent and a random sample of open
-        # peers, each with the rarest and a random one of the needed pieces it holds
+        # open parents themselves: the seeds and a random sample of open peers, each with the
+        # rarest and a random one of the needed pieces it holds
         pool = sw.open_list
         m = len(pool)
-        others = {pool[int(rand() * m)] for _ in range(min(cfg.open_sample, m))}
-        others.update(s for s in sw.seeds if open_[s])
-        others.discard(child)
-        if others:
-            self._offers(np.fromiter(others, dtype=np.int64, count=len(others)), needed, pieces, parents)
+        if m <= cfg.open_sample:
+            others = sorted(pool)
+        else:
+            others = sorted({pool[int(rand() * m)] for _ in range(cfg.open_sample)})
+        for s in sw.seeds:
+            if open_[s] and s not in others:
+                others.append(s)
+        start = int(rand() * sw.n_pieces)
+        for p in others:
+            if p != child:
+                self._offer(p, needed, start, pieces, parents)
         if not parents:
-            return _EMPTY, _EMPTY, True
-        par = np.array(parents, dtype=np.int64)
-        pcs = np.array(pieces, dtype=np.int64)
+            return [], [], True
         blocked = sw.blocklist[child]
         if blocked:
-            ok = ~np.isin(par, list(blocked))
-            par, pcs = par[ok], pcs[ok]
-        if sw.n_bad:
-            good = ~sw.bad[par]
-            if good.any():
-                par, pcs = par[good], pcs[good]
-        return pcs, par, True
+            keep = [i for i, p in enumerate(parents) if p not in blocked]
+            pieces = [pieces[i] for i in keep]
+            parents = [parents[i] for i in keep]
+        if sw.n_bad and parents:
+            bad = sw.bad
+            keep = [i for i, p in enumerate(parents) if not bad[p]]
+            if keep:
+                pieces = [pieces[i] for i in keep]
+                parents = [parents[i] for i in keep]
+        return pieces, parents, True
 
-    def _offers(self, sample: np.ndarray, needed: np.ndarray, pieces: list[int], parents: list[int]) -> None:
-        """For each sampled parent holding something needed: its rarest and a random such piece."""
-        sw = self.swarm
-        offer = sw.have[sample] & needed
-        rows = np.flatnonzero(offer.any(axis=1))
-        if len(rows) == 0:
+    def _offer(self, parent: int, needed: int, start: int, pieces: list[int], parents: list[int]) -> None:
+        """What `parent` offers: the rarest needed piece it holds and a random one, the first
+        at or after `start`, wrapping around."""
+        offer = self.swarm.have_bits[parent] & needed
+        if not offer:
             return
-        offer = offer[rows]
-        sample = sample[rows].tolist()
-        rare = np.argmin(np.where(offer, sw.count, _NEVER), axis=1).tolist()
-        # a random needed piece: the first one at or after a random index, wrapping around
-        start = int(self._rand() * sw.n_pieces)
-        after = offer[:, start:]
-        drawn = (np.argmax(after, axis=1) + start).tolist()
-        if start:
-            for i in np.flatnonzero(~after.any(axis=1)).tolist():
-                drawn[i] = int(np.argmax(offer[i, :start]))
-        for p, a, b in zip(sample, rare, drawn):
-            parents.append(p)
-            pieces.append(a)
-            if b != a:
-                parents.append(p)
-                pieces.append(b)
+        a = self.swarm.rarest(offer)
+        after = offer >> start
+        b = start + (after & -after).bit_length() - 1 if after else (offer & -offer).bit_length() - 1
+        parents.append(parent)
+        pieces.append(a)
+        if b != a:
+            parents.append(parent)
+            pieces.append(b)
 
-    def _batch(self, child: int, running: set[int], pieces: np.ndarray,
-               parents: np.ndarray) -> CandidateBatch:
+    def _features(self, child: int, running: set[int], pieces: list[int], parents: list[int]) -> np.ndarray:
+        """The batch's feature matrix, one row per pair, columns as in `FEATURES`.
+
+        The parent block is one gather from the swarm's table; the piece, pair and child
+        columns are computed in Python and written as two blocks: a batch has a few rows,
+        and a numpy call per column would cost more than the arithmetic."""
         sw = self.swarm
         n_pieces = sw.n_pieces
         x = np.empty((len(pieces), N_FEATURES))
-        holders = sw.count[pieces]
-        x[:, COL["piece_holders"]] = holders
-        x[:, COL["piece_rarity"]] = holders / max(sw.online_peers, 1)
-        x[:, COL["piece_position"]] = pieces / n_pieces
-        if running:
-            x[:, COL["piece_distance"]] = np.abs(pieces - sum(running) / len(running)) / n_pieces
-        else:
-            x[:, COL["piece_distance"]] = 0.0
-        x[:, PARENT_FIRST:PARENT_LAST + 1] = sw.pfeat[parents]
-        x[:, COL["same_idc"]] = sw.idc[parents] == sw.idc[child]
-        x[:, COL["location_match"]] = sw.location_match(parents, child)
-        x[:, COL["child_finished"]] = sw.finished[child] / n_pieces
-        x[:, COL["child_download_bps"]] = sw.peers[child].download_bps
-        return CandidateBatch(pieces, parents, x)
+        x[:, PARENT_FIRST:PARENT_LAST + 1] = sw.pfeat.take(parents, axis=0)
+        cnt = sw.count_list
+        online = max(sw.online_peers, 1)
+        centre = sum(running) / len(running) if running else None
+        x[:, :_PIECE_END] = [(cnt[p], cnt[p] / online, p / n_pieces,
+                              0.0 if centre is None else abs(p - centre) / n_pieces) for p in pieces]
+        idc, loc = sw.idc_list, sw.loc_list
+        my_idc = idc[child]
+        match = sw.location_row(child)
+        child_finished = sw.finished[child] / n_pieces
+        child_download = sw.peers[child].download_bps
+        x[:, _PAIR_FIRST:] = [(1.0 if idc[q] == my_idc else 0.0, match[loc[q]], child_finished,
+                               child_download) for q in parents]
+        return x
 
     def _take(self, child: int, ranking: _Ranking, want: int, out: list[Assignment],
               kept: bool = True) -> None:
@@ -348,20 +358,22 @@ class Scheduler:
         A kept ranking also skips parents flagged bad since it was scored; a fresh one was
         filtered already (bad parents stay in it only when nobody else can serve)."""
         sw = self.swarm
-        batch = ranking.batch
-        pieces, parents = batch.piece, batch.parent
-        lack, open_, running = sw.lack, sw.open, sw.running[child]
+        pieces, parents, x = ranking.pieces, ranking.parents, ranking.x
+        open_, running = sw.open_flags, sw.running[child]
+        held = sw.have_bits[child]
         blocked = sw.blocklist[child]
+        check_bad = kept and sw.n_bad
+        keep = self.keep_features
         order = ranking.order
         used = 0
         for used, i in enumerate(order, 1):
-            piece = int(pieces[i])
-            parent = int(parents[i])
-            if piece in running or not lack[child, piece] or not open_[parent] or parent in blocked \
-                    or (kept and sw.n_bad and sw.bad[parent]):
+            piece = pieces[i]
+            parent = parents[i]
+            if piece in running or held >> piece & 1 or not open_[parent] or parent in blocked \
+                    or (check_bad and sw.bad[parent]):
                 continue
             sw.start_transfer(child, piece, parent)
-            out.append(Assignment(piece, parent, batch.x[i].copy() if self.keep_features else None))
+            out.append(Assignment(piece, parent, x[i].copy() if keep else None))
             if len(out) == want:
                 break
         del order[:used]

@@ -19,6 +19,13 @@ Rules kept here:
   can serve; the flag clears with its next normal piece.
 - Recent traffic is kept as exponentially decayed byte counters (tau 5 s for the current
   rate, 60 s for "bytes sent last minute"), updated when a piece ends, so no timers are needed.
+- Two views of the same facts, for two kinds of reader. numpy arrays (`have`, `lack`,
+  `count`, `available`, `open`, `uploads`, `pfeat`...) serve gathers over many peers; Python
+  ints used as bitsets (`have_bits`, `run_bits`, `avail_bits`) and the count levels
+  (`levels[c]`: the pieces held by exactly c online peers) serve the scheduler's per-request
+  questions ("what does this parent offer this child, and which of it is rarest"), which on
+  a 1,000-piece task cost a few tenths of a microsecond as integer operations against a few
+  microseconds per numpy call. Every update writes both views.
 """
 from __future__ import annotations
 
@@ -44,6 +51,9 @@ _P = {name: COL[name] - PARENT_FIRST for name in (
     "parent_free_slots", "parent_uploads", "parent_upload_bps", "parent_tx_bps",
     "parent_sent_last_min", "parent_mean_cost_s", "parent_order")}
 N_PARENT_COLS = PARENT_LAST - PARENT_FIRST + 1
+_FINISHED, _COMPLETED, _SUCCESS = _P["parent_finished"], _P["parent_completed"], _P["parent_upload_success"]
+_UPLOADS, _FREE, _TX = _P["parent_uploads"], _P["parent_free_slots"], _P["parent_tx_bps"]
+_SENT, _MEAN_COST = _P["parent_sent_last_min"], _P["parent_mean_cost_s"]
 assert N_PARENT_COLS == len(_P) and N_FEATURES > PARENT_LAST
 
 
@@ -70,6 +80,7 @@ class _Locations:
         self._ids: dict[str, int] = {}
         self._parts: list[list[str]] = []
         self.match = np.zeros((0, 0))
+        self.rows: list[list[float]] = []       # `match` as lists
 
     def id(self, location: str) -> int:
         i = self._ids.get(location)
@@ -89,6 +100,7 @@ class _Locations:
                 common += 1
             match[i, j] = match[j, i] = common / LOCATION_LEVELS
         self.match = match
+        self.rows = match.tolist()
         return i
 
 
@@ -110,6 +122,18 @@ class Swarm:
         self.count = np.zeros(self.n_pieces, dtype=np.int64)
         self.available = np.zeros(self.n_pieces, dtype=np.bool_)    # count > 0
         self.holders: list[list[int]] = [[] for _ in range(self.n_pieces)]
+        # the bitset view: bit p of an int is piece p
+        self.have_bits: list[int] = []      # per peer: the pieces it holds
+        self.run_bits: list[int] = []       # per peer: the pieces in flight to it
+        self.avail_bits = 0                 # pieces some online peer holds
+        self.count_list: list[int] = [0] * self.n_pieces     # `count` as a list
+        self.idc_list: list[int] = []       # `idc` and `loc` as lists
+        self.loc_list: list[int] = []
+        self._online: list[bool] = []       # `online`, `uploads` and `slots` as lists
+        self._uploads: list[int] = []
+        self._slots: list[int] = []
+        self.levels: list[int] = [0, 0]     # levels[c]: pieces with c online holders (c >= 1)
+        self.lowest = 1                     # the lowest non-empty level, if any piece is available
         self._idc_codes: dict[str, int] = {}
         self._locations = _Locations()
         # per-peer state kept as Python lists where the scheduler reads scalars in loops,
@@ -168,9 +192,14 @@ class Swarm:
         if self.min_upload_bps > 0 and upload_bps > 0:
             slots = min(slots, max(1, math.ceil(upload_bps / self.min_upload_bps - 1e-9)))
         self.slots[i] = slots
+        self._slots.append(slots)
+        self._uploads.append(0)
+        self._online.append(True)
         self._set_open(i, True)
         self.idc[i] = self._idc_codes.setdefault(idc, len(self._idc_codes))
+        self.idc_list.append(int(self.idc[i]))
         self.loc[i] = self._locations.id(location)
+        self.loc_list.append(int(self.loc[i]))
         row = self.pfeat[i]
         row[_P["parent_is_seed"]] = 1.0 if is_seed else 0.0
         row[_P["parent_upload_success"]] = 1.0
@@ -178,6 +207,9 @@ class Swarm:
         row[_P["parent_upload_bps"]] = upload_bps
         row[_P["parent_order"]] = i
         self.running.append(set())
+        self.have_bits.append(0)
+        self.run_bits.append(0)
+        self.levels.append(0)
         self.blocklist.append(set())
         self.finished.append(0)
         self.no_parent_tries.append(0)
@@ -190,37 +222,112 @@ class Swarm:
     # ---- pieces --------------------------------------------------------------------------
     def add_piece(self, peer: int, piece: int) -> None:
         """`peer` now holds `piece` (verified)."""
-        if self.have[peer, piece]:
+        bit = 1 << piece
+        held = self.have_bits[peer]
+        if held & bit:
             return
+        self.have_bits[peer] = held | bit
         self.have[peer, piece] = True
         self.lack[peer, piece] = False
         self.holders[piece].append(peer)
-        if self.online[peer]:
-            self.count[piece] += 1
-            self.available[piece] = True
+        if self._online[peer]:
+            c = self.count_list[piece]
+            self.count_list[piece] = c + 1
+            self.count[piece] = c + 1
+            levels = self.levels
+            levels[c + 1] |= bit
+            if c:
+                levels[c] ^= bit
+                if c == self.lowest and not levels[c]:
+                    self.lowest = c + 1
+            else:
+                self.avail_bits |= bit
+                self.available[piece] = True
+                self.lowest = 1
         done = self.finished[peer] + 1
         self.finished[peer] = done
-        row = self.pfeat[peer]
-        row[_P["parent_finished"]] = done / self.n_pieces
+        pfeat = self.pfeat
+        pfeat[peer, _FINISHED] = done / self.n_pieces
         if done == self.n_pieces:
-            row[_P["parent_completed"]] = 1.0
+            pfeat[peer, _COMPLETED] = 1.0
 
     def is_complete(self, peer: int) -> bool:
         return self.finished[peer] == self.n_pieces
 
+    def rarest(self, pieces: int) -> int:
+        """The rarest of `pieces` (a non-empty bitset of available pieces); lowest index on ties.
+
+        Few pieces: compare their counts. Many: walk the count levels up from the lowest; a
+        swarm's counts stay close together (rarest-first keeps them so), so the walk is short.
+        """
+        if pieces.bit_count() <= 8:
+            cnt = self.count_list
+            best = -1
+            best_c = 1 << 62
+            while pieces:
+                low = pieces & -pieces
+                p = low.bit_length() - 1
+                if cnt[p] < best_c:
+                    best, best_c = p, cnt[p]
+                pieces ^= low
+            return best
+        levels = self.levels
+        c = self.lowest
+        while True:
+            x = levels[c] & pieces
+            if x:
+                return (x & -x).bit_length() - 1
+            c += 1
+
+    def rarest_few(self, pieces: int, k: int) -> list[int]:
+        """Up to `k` of the rarest of `pieces` (available pieces), rarest first, then by index."""
+        out: list[int] = []
+        if pieces.bit_count() <= k:
+            while pieces:
+                low = pieces & -pieces
+                out.append(low.bit_length() - 1)
+                pieces ^= low
+            cnt = self.count_list
+            out.sort(key=cnt.__getitem__)
+            return out
+        levels = self.levels
+        c = self.lowest
+        while True:
+            x = levels[c] & pieces
+            while x:
+                low = x & -x
+                out.append(low.bit_length() - 1)
+                if len(out) == k:
+                    return out
+                x ^= low
+            c += 1
+
     # ---- transfers -----------------------------------------------------------------------
     def start_transfer(self, child: int, piece: int, parent: int) -> None:
         self.running[child].add(piece)
-        self._set_uploads(parent, int(self.uploads[parent]) + 1)
+        self.run_bits[child] |= 1 << piece
+        self._set_uploads(parent, self._uploads[parent] + 1)
 
     def finish_transfer(self, child: int, piece: int, parent: int, nbytes: int, cost_s: float,
                         now: float) -> None:
         """A verified piece arrived at `child` from `parent` after `cost_s` seconds."""
         self.running[child].discard(piece)
-        self._set_uploads(parent, int(self.uploads[parent]) - 1)
-        self._served_ok[parent] += 1
-        self._update_success(parent)
-        self._record_sent(parent, nbytes, now)
+        self.run_bits[child] &= ~(1 << piece)
+        self._set_uploads(parent, self._uploads[parent] - 1)
+        ok = self._served_ok[parent] = self._served_ok[parent] + 1
+        pfeat = self.pfeat
+        pfeat[parent, _SUCCESS] = ok / (ok + self._served_fail[parent])
+        # recent bytes sent, decayed
+        s = self._sent[parent]
+        dt = now - s[0]
+        if dt > 0.0:
+            s[0] = now
+            s[1] *= math.exp(-dt / TAU_RATE_S)
+            s[2] *= math.exp(-dt / TAU_MINUTE_S)
+        s[1] += nbytes
+        s[2] += nbytes
+        pfeat[parent, _TX] = s[1] / TAU_RATE_S
+        pfeat[parent, _SENT] = s[2]
         self._record_cost(parent, cost_s * self.task.piece_size / max(nbytes, 1))
         self.no_parent_tries[child] = 0
         self.add_piece(child, piece)
@@ -228,18 +335,24 @@ class Swarm:
     def fail_transfer(self, child: int, piece: int, parent: int, *, corrupt: bool = False) -> None:
         """A transfer ended without a good piece; a corrupt piece blocklists its parent."""
         self.running[child].discard(piece)
-        self._set_uploads(parent, int(self.uploads[parent]) - 1)
+        self.run_bits[child] &= ~(1 << piece)
+        self._set_uploads(parent, self._uploads[parent] - 1)
         self._served_fail[parent] += 1
-        self._update_success(parent)
-        if corrupt or not self.online[parent]:
+        ok = self._served_ok[parent]
+        self.pfeat[parent, _SUCCESS] = ok / (ok + self._served_fail[parent])
+        if corrupt or not self._online[parent]:
             self.blocklist[child].add(parent)
 
     def _set_uploads(self, parent: int, n: int) -> None:
+        self._uploads[parent] = n
         self.uploads[parent] = n
-        self._set_open(parent, bool(n < self.slots[parent] and self.online[parent]))
-        row = self.pfeat[parent]
-        row[_P["parent_uploads"]] = n
-        row[_P["parent_free_slots"]] = max(0.0, 1.0 - n / self.slots[parent])
+        slots = self._slots[parent]
+        is_open = n < slots and self._online[parent]
+        if self.open_flags[parent] != is_open:
+            self._set_open(parent, is_open)
+        pfeat = self.pfeat
+        pfeat[parent, _UPLOADS] = n
+        pfeat[parent, _FREE] = 1.0 - n / slots if n < slots else 0.0
 
     def _set_open(self, peer: int, is_open: bool) -> None:
         if self.open_flags[peer] == is_open:
@@ -256,20 +369,6 @@ class Swarm:
                 self.open_list[pos] = last
                 self._open_pos[last] = pos
 
-    def _update_success(self, parent: int) -> None:
-        ok, fail = self._served_ok[parent], self._served_fail[parent]
-        self.pfeat[parent, _P["parent_upload_success"]] = ok / (ok + fail)
-
-    def _record_sent(self, parent: int, nbytes: int, now: float) -> None:
-        s = self._sent[parent]
-        dt = max(0.0, now - s[0])
-        s[0] = now
-        s[1] = s[1] * math.exp(-dt / TAU_RATE_S) + nbytes
-        s[2] = s[2] * math.exp(-dt / TAU_MINUTE_S) + nbytes
-        row = self.pfeat[parent]
-        row[_P["parent_tx_bps"]] = s[1] / TAU_RATE_S
-        row[_P["parent_sent_last_min"]] = s[2]
-
     def _record_cost(self, parent: int, cost: float) -> None:
         c = self._cost[parent]
         n, mean, m2 = c[0], c[1], c[2]
@@ -280,14 +379,14 @@ class Swarm:
                 bad = cost > mean + 3.0 * math.sqrt(m2 / (n - 1))
         else:
             bad = False
-        if bad != self.bad[parent]:
+        if bad != bool(self.bad[parent]):
             self.n_bad += 1 if bad else -1
             self.bad[parent] = bad
         n += 1
         delta = cost - mean
         mean += delta / n
         c[0], c[1], c[2], c[3] = n, mean, m2 + delta * (cost - mean), cost
-        self.pfeat[parent, _P["parent_mean_cost_s"]] = mean
+        self.pfeat[parent, _MEAN_COST] = mean
 
     # ---- membership ----------------------------------------------------------------------
     def remove_peer(self, peer: int) -> None:
@@ -295,11 +394,31 @@ class Swarm:
         if not self.online[peer]:
             return
         self.online[peer] = False
+        self._online[peer] = False
         self._set_open(peer, False)
         self.online_peers -= 1
         self.count -= self.have[peer]
         self.available = self.count > 0
         self.producing.discard(peer)
+        self._rebuild_levels()
+
+    def _rebuild_levels(self) -> None:
+        """Counts went down (rare: a peer left); rebuild the bitset view from `count`."""
+        cnt = self.count.tolist()
+        self.count_list = cnt
+        levels = [0] * len(self.levels)
+        avail = 0
+        for p, c in enumerate(cnt):
+            if c:
+                levels[c] |= 1 << p
+                avail |= 1 << p
+        self.levels = levels
+        self.avail_bits = avail
+        self.lowest = next((c for c in range(1, len(levels)) if levels[c]), 1)
+
+    def location_row(self, child: int) -> list[float]:
+        """Location match of every known location against the child's, by location id."""
+        return self._locations.rows[self.loc_list[child]]
 
     def location_match(self, parents: np.ndarray, child: int) -> np.ndarray:
         """Matched leading location parts / 5, for each parent against the child."""

@@ -211,8 +211,11 @@ class Daemon:
         t_last = time.monotonic()
         recent_rx: deque = deque(maxlen=30)
         recent_tx: deque = deque(maxlen=30)
+        first = True
         while True:
-            await asyncio.sleep(1.0)
+            if not first:
+                await asyncio.sleep(1.0)
+            first = False
             now = time.monotonic()
             dt = max(now - t_last, 1e-3)
             cur = nicmod.counters(self.nic) or last

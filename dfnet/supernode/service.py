@@ -14,12 +14,16 @@ Rules kept here:
   use and is never collected.
 - An idle peer's sync is held up to `LONG_POLL_S` until the core has work for it.
 - Source headers are used for the origin fetch and dropped; they are never stored or logged.
+- A task first fetched with credentials (Authorization, Cookie, ...) is private: every peer
+  that registers for it is checked against the origin with its own headers first, so a peer
+  without the right credentials never gets the bytes from the cache.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import math
 import secrets
 import time
 from pathlib import Path
@@ -42,6 +46,7 @@ from . import seed as seed_fetch
 from .tasks import SupernodeTask
 
 LONG_POLL_S = 5.0
+CREDENTIAL_HEADERS = {"authorization", "cookie", "proxy-authorization", "x-amz-security-token"}
 MAX_BODY = 4 << 20
 log = logging.getLogger("dfnet.supernode")
 
@@ -99,7 +104,8 @@ class Supernode:
         task = Task(meta["task_id"], meta.get("url", ""), files.length, files.piece_size)
         selector = self.selector_factory(len(self.tasks))
         t = SupernodeTask(meta["key"], task, files, selector, self.config, resolve_upload_slots(selector),
-                          meta["token"], self.node_id, self.advertise, seed=len(self.tasks))
+                          meta["token"], self.node_id, self.advertise, seed=len(self.tasks),
+                          seed_upload_bps=0.0 if math.isinf(self.upload_bucket.rate) else self.upload_bucket.rate)
         self.tasks[task.id] = t
         self.metrics.set("dragonfly_scheduler_tasks", len(self.tasks))
         return t
@@ -133,6 +139,8 @@ class Supernode:
             t = self._task_for(tid) if tid else None
             if t is not None and t.error is None:
                 now = time.monotonic()
+                if t.files.meta.get("private"):
+                    await self._check_entitled(t, url, headers)
                 if t.fetching:
                     return t
                 if not t.files.complete:          # cached by an earlier run, cut short
@@ -152,6 +160,16 @@ class Supernode:
                 resp = await open_source(self.session, url, headers)
             return self._new_version(key, url, headers, digest, resp, filt)
 
+    async def _check_entitled(self, t: SupernodeTask, url: str, headers: dict) -> None:
+        """A task fetched with credentials is served only to peers whose own headers the origin
+        accepts: a conditional request with them (304, or the same version) proves it."""
+        meta = t.files.meta
+        resp = await open_source(self.session, url, headers, etag=meta.get("etag"),
+                                 last_modified=meta.get("last_modified"))
+        resp.close()
+        if resp.status != 304 and not _same_version(meta, resp):
+            raise SourceError("the origin's file changed; register again", "changed")
+
     def _new_version(self, key: str, url: str, headers: dict, digest: str | None, resp, filt) -> SupernodeTask:
         validator = resp.etag or resp.last_modified or ""
         tid = task_id(url, filt, tag=f"{digest or ''}|{validator}|{resp.length}")
@@ -162,7 +180,8 @@ class Supernode:
         files = TaskFiles.create(self.data / "tasks", tid, {
             "key": key, "length": resp.length, "piece_size": piece, "etag": resp.etag,
             "last_modified": resp.last_modified, "token": secrets.token_hex(16), "current": True,
-            "url": redact_url(url), "created": time.time()})
+            "url": redact_url(url), "created": time.time(),
+            "private": any(h.lower() in CREDENTIAL_HEADERS for h in headers)})
         self.tasks.pop(tid, None)
         t = self._make_task(files)
         self.current[key] = tid

@@ -9,7 +9,8 @@ Rules kept here:
 - A result for a transfer that was not assigned (stale, duplicated, forged) is ignored.
 - A parent that fails `PARENT_FAILURES` transfers in a row without a corrupt piece is taken
   offline (the daemon died or cannot be reached); a corrupt piece blocklists its parent for
-  the reporting child at once (the core's rule).
+  the reporting child at once (the core's rule), and a parent reported corrupt by
+  `CORRUPT_REPORTERS` different children is isolated from the task (Dragonfly 1's rule).
 - A peer that registers again (its daemon restarted) gets a fresh swarm index: the old one
   goes offline with its transfers, the new one starts from the pieces it proves it holds.
 - The digest of a piece a back-to-source peer fetched is accepted only if the seed has none
@@ -18,6 +19,7 @@ Rules kept here:
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from dfnet.core.scheduler import Decision, Scheduler, SchedulerConfig
@@ -28,26 +30,32 @@ from dfnet.storage import TaskFiles
 from models.interfaces import PieceSelector
 
 PARENT_FAILURES = 3
+CORRUPT_REPORTERS = 2
+# a slot is worth serving only if it gets at least this much of an uplink: a rate-limited
+# seed gets ceil(limit / this) slots, so peers serve each other instead of queueing on it
+MIN_UPLOAD_BPS = 4 << 20
+log = logging.getLogger("dfnet.supernode")
 SOURCE = "source"            # the parent id a peer names for pieces it fetched from the origin
 
 
 class SupernodeTask:
     def __init__(self, key: str, task: Task, files: TaskFiles, selector: PieceSelector,
                  config: SchedulerConfig, slots: tuple[int, int], token: str, seed_id: str,
-                 seed_addr: str, seed: int = 0):
+                 seed_addr: str, seed: int = 0, seed_upload_bps: float = 0.0):
         self.key = key
         self.task = task
         self.files = files
         self.token = token
-        self.swarm = Swarm(task, slots[0], slots[1])
+        self.swarm = Swarm(task, slots[0], slots[1], min_upload_bps=MIN_UPLOAD_BPS)
         self.scheduler = Scheduler(self.swarm, selector, config, seed=seed)
-        self.seed = self.swarm.add_peer(seed_id, is_seed=True)
+        self.seed = self.swarm.add_peer(seed_id, is_seed=True, upload_bps=seed_upload_bps)
         self.ids: list[str] = [seed_id]
         self.addrs: list[str] = [seed_addr]
         self.index: dict[str, int] = {seed_id: self.seed}
         self.inflight: dict[int, dict[int, int]] = {}
         self.events: dict[int, asyncio.Event] = {}
         self.fail_streak: dict[int, int] = {}
+        self.corrupt_from: dict[int, set[int]] = {}     # parent -> children it sent bad pieces
         self.digests: list[str | None] = list(files.digests)
         for piece in range(task.n_pieces):
             if files.have[piece]:
@@ -129,7 +137,14 @@ class SupernodeTask:
                 continue
             del flight[piece]
             self._wake(self.scheduler.piece_failed(child, piece, parent, corrupt=corrupt))
-            if not corrupt and parent != self.seed:
+            if corrupt and parent != self.seed:
+                victims = self.corrupt_from.setdefault(parent, set())
+                victims.add(child)
+                if len(victims) >= CORRUPT_REPORTERS:
+                    log.warning("parent isolated: corrupt pieces", extra={"fields": {
+                        "task": self.task.id[:16], "parent": self.ids[parent], "reporters": len(victims)}})
+                    self._drop(parent)
+            elif parent != self.seed:
                 streak = self.fail_streak.get(parent, 0) + 1
                 self.fail_streak[parent] = streak
                 if streak >= PARENT_FAILURES:

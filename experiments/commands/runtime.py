@@ -85,7 +85,8 @@ async def _supernode(args, host, port, data, factory, piece, cache, upload) -> i
     from dfnet.supernode.service import Supernode
     from dfnet.throttle import set_rate
 
-    node = Supernode(data, factory, advertise="", piece_size=piece, cache_high=cache[0], cache_low=cache[1])
+    node = Supernode(data, factory, advertise="", piece_size=piece, cache_high=cache[0], cache_low=cache[1],
+                     revalidate_s=args.revalidate_s)
     if upload:
         set_rate(node.upload_bucket, upload)
     runner, addr = await serve.start(node.app(), host, port)
@@ -171,6 +172,8 @@ def add_parser(sub) -> None:
     sn.add_argument("--upload-limit", default=None, metavar="RATE")
     sn.add_argument("--cache-high", default="50GiB", metavar="SIZE", help="GC starts above this (default 50GiB)")
     sn.add_argument("--cache-low", default="40GiB", metavar="SIZE", help="GC goes down to this (default 40GiB)")
+    sn.add_argument("--revalidate-s", type=float, default=30.0, metavar="SECONDS",
+                    help="a cached task is revalidated with the origin when older than this (default 30)")
     sn.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sn.set_defaults(func=supernode)
 
