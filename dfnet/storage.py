@@ -53,7 +53,8 @@ class TaskFiles:
         self.digests: list[str | None] = [None] * self.n_pieces
         self.finished = 0
         self.data_path = folder / "data"
-        self._fd = os.open(self.data_path, os.O_RDWR | os.O_CREAT, 0o600)
+        # readable like any downloaded file: a finished task's file becomes dfget's output
+        self._fd = os.open(self.data_path, os.O_RDWR | os.O_CREAT, 0o644)
         self._record = open(folder / "pieces", "ab")
         self.last_used = time.time()
 

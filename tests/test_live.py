@@ -230,3 +230,34 @@ def test_dfget_bad_input_one_line_and_wget_exit_code(cluster, case, code):
     assert len(lines) == 1 and lines[0].startswith("dfget: error:"), r.stderr
     assert "Traceback" not in r.stderr
     assert not out.exists()
+
+
+def test_supernode_killed_mid_distribution_daemons_fail_over(cluster):
+    """Config service + two supernodes; the nearest one dies mid-distribution."""
+    url, sha = cluster.file("big.bin")
+    cs = nodes.Node("config", [nodes.PY, "-m", "experiments.cli", "config-service", "--listen", "127.0.0.1:0",
+                               "--db", str(cluster.root / "config.db")], cluster.root / "logs")
+    try:
+        cs_url = f"http://{cs.addr}"
+        # the near one (same IDC as the hosts) is slow, so it dies with the work half done
+        near = cluster.supernode("near", "--config-service", cs_url, "--idc", "a", "--upload-limit", "8M")
+        cluster.supernode("far", "--config-service", cs_url, "--idc", "b")
+        deadline = time.monotonic() + 20
+        while len(cs.get_json("/v1/supernodes?idc=a")["supernodes"]) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        order = [s["addr"] for s in cs.get_json("/v1/supernodes?idc=a")["supernodes"]]
+        assert order[0] == near.addr and len(order) == 2
+        ds = [cluster.daemon(f"d{i}", "--config-service", cs_url, "--idc", "a") for i in range(3)]
+        outs = [cluster.root / f"out{i}.bin" for i in range(3)]
+        procs = [nodes.dfget_start(url, "-O", str(o), "--daemon", d.addr) for d, o in zip(ds, outs)]
+        deadline = time.monotonic() + 30
+        while sum(_recorded_pieces(cluster.root / f"d{i}") for i in range(3)) < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        near.kill()
+        for p in procs:
+            _, err = p.communicate(timeout=120)
+            assert p.returncode == 0, err
+        assert all(_sha(o) == sha for o in outs)
+        assert any("supernode unavailable" in d.logs() for d in ds)
+    finally:
+        cs.stop()

@@ -86,7 +86,7 @@ class Download:
 
     # ---- entry ---------------------------------------------------------------------------
     async def run(self) -> TaskFiles:
-        self.task_bucket = bucket(self.req.limit_bps)
+        self.task_bucket = bucket(min(self.req.limit_bps, self.host.task_limit))
         tried: list[str] = []
         for addr in await self.host.supernodes():
             tried.append(addr)
@@ -304,9 +304,24 @@ def _source_error(e: SourceError) -> DownloadError:
 
 
 def place(files: TaskFiles, output: Path) -> None:
-    """Copy the task's bytes to `output` so that it appears only complete."""
+    """Put the task's bytes at `output` so that it appears only complete.
+
+    A hard link when the output is on the daemon's filesystem (Dragonfly 2 does the same):
+    no second copy of a 30 GB file, no second write. The store never writes a finished
+    task's file again, and a user who edits the output only makes this daemon serve pieces
+    that children reject by digest. Elsewhere, a copy (kernel-side where possible).
+    """
     output = Path(output)
     tmp = output.parent / f".{output.name}.dfget-{secrets.token_hex(4)}"
+    try:
+        os.link(files.data_path, tmp)
+        os.replace(tmp, output)
+        return
+    except OSError:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
     try:
         with open(files.data_path, "rb") as src, open(tmp, "wb") as dst:
             n = files.length

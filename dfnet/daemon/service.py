@@ -65,13 +65,17 @@ class Job:
 class Daemon:
     def __init__(self, data: Path, *, supernodes: list[str] = (), config_service: str | None = None,
                  idc: str = "", location: str = "", rate_controller: RateController | None = None,
-                 nic: str | None = None, idle_exit_s: float = 0.0, advertise: str | None = None):
+                 nic: str | None = None, idle_exit_s: float = 0.0, advertise: str | None = None,
+                 rate_policy_uri: str = "heuristic:static", flag_limits: tuple[bool, bool] = (False, False)):
         self.data = Path(data)
         (self.data / "tasks").mkdir(parents=True, exist_ok=True)
         self.static_supernodes = list(supernodes)
         self.config_service = config_service
         self.idc, self.location = idc, location
         self.rates = rate_controller
+        self.rate_policy_uri = rate_policy_uri
+        self.flag_limits = flag_limits          # host flags win over cluster settings
+        self.task_limit = float("inf")
         self.nic = nic or nicmod.default_interface()
         self.idle_exit_s = idle_exit_s
         self.advertise = advertise
@@ -201,6 +205,34 @@ class Daemon:
         finally:
             self.last_activity = time.monotonic()
 
+    # ---- settings from the config service ------------------------------------------------
+    async def _settings_loop(self) -> None:
+        if not self.config_service:
+            return
+        from dfnet.configservice.client import poll_settings
+        await poll_settings(self.session, self.config_service, self.apply_settings)
+
+    def apply_settings(self, version: int, settings: dict) -> None:
+        """Cluster limits and rate policy, picked up without a restart; host flags win."""
+        rates = self.rates
+        uri = settings.get("rate_policy") or self.rate_policy_uri
+        if rates is not None and uri != self.rate_policy_uri:
+            from models.loader import PolicyError, load_rate_controller
+            try:
+                rates = load_rate_controller(uri, seed=0, download_bps=rates.download_bps, upload_bps=rates.upload_bps)
+                log.info("rate policy changed", extra={"fields": {"from": self.rate_policy_uri, "to": uri}})
+                self.rates, self.rate_policy_uri = rates, uri
+            except PolicyError as e:
+                log.error("cluster rate policy refused; keeping the current one",
+                          extra={"fields": {"policy": uri, "reason": str(e)}})
+        if rates is not None:
+            if not self.flag_limits[0]:
+                rates.download_bps = settings.get("download_limit")
+            if not self.flag_limits[1]:
+                rates.upload_bps = settings.get("upload_limit")
+        self.task_limit = float(settings.get("task_limit") or float("inf"))
+        log.info("settings applied", extra={"fields": {"settings_version": version}})
+
     # ---- rate control --------------------------------------------------------------------
     async def _rate_loop(self) -> None:
         if self.rates is None:
@@ -265,7 +297,8 @@ class Daemon:
     async def _lifetime(self, app: web.Application):
         self.session = aiohttp.ClientSession(auto_decompress=False,
                                              connector=aiohttp.TCPConnector(limit=256, limit_per_host=32))
-        loops = [asyncio.get_running_loop().create_task(c) for c in (self._rate_loop(), self._idle_loop())]
+        loops = [asyncio.get_running_loop().create_task(c)
+                 for c in (self._rate_loop(), self._idle_loop(), self._settings_loop())]
         yield
         for job in self.jobs.values():
             job.task.cancel()

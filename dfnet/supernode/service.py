@@ -54,10 +54,12 @@ log = logging.getLogger("dfnet.supernode")
 class Supernode:
     def __init__(self, data: Path, selector_factory, advertise: str, *, node_id: str = "",
                  piece_size: int | None = None, cache_high: int = 50 << 30, cache_low: int = 40 << 30,
-                 revalidate_s: float = 30.0, config: SchedulerConfig = SchedulerConfig()):
+                 revalidate_s: float = 30.0, config: SchedulerConfig = SchedulerConfig(),
+                 policy_uri: str = "heuristic:d2"):
         self.data = Path(data)
         (self.data / "tasks").mkdir(parents=True, exist_ok=True)
         self.selector_factory = selector_factory      # seed -> PieceSelector
+        self.policy_uri = policy_uri
         self.advertise = advertise
         self.node_id = node_id or f"supernode-{advertise}"
         self.piece_size = piece_size
@@ -273,6 +275,25 @@ class Supernode:
     def _servable(self, tid: str) -> Servable | None:
         t = self._task_for(tid)
         return None if t is None else Servable(t.files, {t.token})
+
+    # ---- settings from the config service ------------------------------------------------
+    def apply_settings(self, version: int, settings: dict) -> None:
+        """A new cluster `policy` applies to running tasks at once; a bad one changes nothing."""
+        uri = settings.get("policy")
+        if not uri or uri == self.policy_uri:
+            return
+        from models.loader import PolicyError, load_piece_selector
+        try:
+            load_piece_selector(uri, seed=0)
+        except PolicyError as e:
+            log.error("cluster policy refused; keeping the current one", extra={"fields": {
+                "policy": uri, "current": self.policy_uri, "reason": str(e)}})
+            return
+        self.selector_factory = lambda seed: load_piece_selector(uri, seed=seed)
+        for i, t in enumerate(self.tasks.values()):
+            t.scheduler.selector = self.selector_factory(i)
+        log.info("policy changed", extra={"fields": {"from": self.policy_uri, "to": uri, "settings_version": version}})
+        self.policy_uri = uri
 
     # ---- GC ------------------------------------------------------------------------------
     def _gc(self) -> None:

@@ -86,24 +86,31 @@ async def _supernode(args, host, port, data, factory, piece, cache, upload) -> i
     from dfnet.throttle import set_rate
 
     node = Supernode(data, factory, advertise="", piece_size=piece, cache_high=cache[0], cache_low=cache[1],
-                     revalidate_s=args.revalidate_s)
+                     revalidate_s=args.revalidate_s, policy_uri=args.policy)
     if upload:
         set_rate(node.upload_bucket, upload)
     runner, addr = await serve.start(node.app(), host, port)
     node.advertise = args.advertise or addr
     node.node_id = args.id or f"supernode-{node.advertise}"
-    heartbeat = None
+    background = []
     if args.config_service:
-        from dfnet.configservice.client import SupernodeHeartbeat
-        heartbeat = asyncio.create_task(SupernodeHeartbeat(
-            args.config_service, {"id": node.node_id, "addr": node.advertise, "idc": args.idc,
-                                  "location": args.location}).run())
+        import aiohttp
+
+        from dfnet.configservice.client import SupernodeHeartbeat, SupernodeInfo, poll_settings
+        session = aiohttp.ClientSession()
+        info = SupernodeInfo(node.node_id, node.advertise, args.idc, args.location)
+        background = [asyncio.create_task(SupernodeHeartbeat(session, args.config_service, info,
+                                                             load=lambda: len(node.tasks)).run()),
+                      asyncio.create_task(poll_settings(session, args.config_service, node.apply_settings))]
     serve.announce(listening=addr, id=node.node_id)
     try:
         await serve.wait_for_signal()
     finally:
-        if heartbeat:
-            heartbeat.cancel()
+        for t in background:
+            t.cancel()
+        if background:
+            await asyncio.gather(*background, return_exceptions=True)
+            await session.close()
         await runner.cleanup()
     return 0
 
@@ -138,7 +145,12 @@ async def _daemon(args, host, port, up_host, up_port, data, rates) -> int:
     from dfnet.daemon.service import Daemon
 
     node = Daemon(data, supernodes=args.supernode, config_service=args.config_service, idc=args.idc,
-                  location=args.location, rate_controller=rates, nic=args.nic, idle_exit_s=args.idle_exit)
+                  location=args.location, rate_controller=rates, nic=args.nic, idle_exit_s=args.idle_exit,
+                  rate_policy_uri=args.rate_policy, flag_limits=(args.download_limit is not None,
+                                                                 args.upload_limit is not None))
+    if args.disk_limit:
+        from dfnet.throttle import set_rate
+        set_rate(node.disk_bucket, _rate(args.disk_limit, "--disk-limit"))
     up_runner, up_addr = await serve.start(node.upload_app(), up_host, up_port)
     if args.advertise:
         up_addr = f"{args.advertise}:{up_addr.rsplit(':', 1)[1]}"
@@ -163,7 +175,8 @@ def add_parser(sub) -> None:
     sn.add_argument("--listen", default="127.0.0.1:8002", metavar="ADDR")
     sn.add_argument("--advertise", default=None, metavar="ADDR", help="address peers use (default: the bound one)")
     sn.add_argument("--data", default=os.path.expanduser("~/.dfly/supernode"), metavar="DIR")
-    sn.add_argument("--policy", default="heuristic:d2", metavar="URI")
+    sn.add_argument("--policy", default="heuristic:d2", metavar="URI",
+                    help="piece selector (default heuristic:d2); the config service's 'policy' setting overrides it")
     sn.add_argument("--config-service", default=None, metavar="URL")
     sn.add_argument("--id", default=None, help="node id (default supernode-ADDR)")
     sn.add_argument("--idc", default="")
@@ -188,6 +201,7 @@ def add_parser(sub) -> None:
     d.add_argument("--location", default="")
     d.add_argument("--download-limit", default=None, metavar="RATE")
     d.add_argument("--upload-limit", default=None, metavar="RATE")
+    d.add_argument("--disk-limit", default=None, metavar="RATE", help="disk write limit")
     d.add_argument("--rate-policy", default="heuristic:static", metavar="URI")
     d.add_argument("--registry-mirror", default=None, metavar="URL")
     d.add_argument("--nic", default=None, help="interface whose counters the rate policy sees")
