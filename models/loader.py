@@ -65,7 +65,7 @@ def _resolve(uri: str, table: dict[str, type], kind: str, seed: int, **params):
             except TypeError as error:  # an unknown parameter: the caller's mistake, say so
                 raise PolicyError(f"{kind} {uri!r}: {error}") from error
         if _LEARNED.fullmatch(uri):
-            return _load_learned(uri, kind, seed, tuple(table))
+            return _load_learned(uri, kind, seed, tuple(table), **params)
     known = ", ".join(table)
     if isinstance(uri, str) and uri.startswith("heuristic:"):
         raise PolicyError(f"unknown {kind} {uri!r}; known: {known}")
@@ -76,10 +76,16 @@ def _resolve(uri: str, table: dict[str, type], kind: str, seed: int, **params):
 
 
 # --- learned policies --------------------------------------------------------------------
-# REPLACE with the learned-policy work: fetch the MLflow model version or read the exported
-# file, check its FEATURE_SCHEMA_VERSION, and return a numpy forward pass behind the interface.
-def _load_learned(uri: str, kind: str, seed: int, known: tuple[str, ...]):
-    raise PolicyError(
-        f"learned policies (models:/..., file:...) are not available yet; cannot load {kind} "
-        f"{uri!r}; known: {', '.join(known)}"
-    )
+# file:PATH reads an exported model file; models:/NAME@ALIAS and models:/NAME/VERSION ask the
+# MLflow registry ($MLFLOW_TRACKING_URI, default sqlite:///mlflow.db), importing mlflow only
+# then. The model's kind and feature schema must match the running code's. Any failure (a
+# missing or corrupted file, an unknown model, alias or version, another kind, another schema)
+# is one PolicyError line. `models.deploy.PolicyHandle` wraps this for nodes that reload.
+def _load_learned(uri: str, kind: str, seed: int, known: tuple[str, ...], **params):
+    from models.learned import load_learned
+
+    try:
+        policy, _version = load_learned(uri, kind, seed, **params)
+    except ValueError as error:     # ModelFileError, RegistryError, a bad parameter
+        raise PolicyError(f"cannot load {kind} {uri!r}: {error}") from None
+    return policy
