@@ -20,6 +20,8 @@ EXIT_USAGE = 2
 COMMANDS = (
     "experiments.commands.sim",
     "experiments.commands.runtime",
+    "experiments.commands.train",
+    "experiments.commands.registry",
 )
 
 __all__ = ["main", "UsageError", "EXIT_USAGE"]
