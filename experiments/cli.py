@@ -22,6 +22,7 @@ COMMANDS = (
     "experiments.commands.runtime",
     "experiments.commands.train",
     "experiments.commands.registry",
+    "experiments.commands.config_service",
 )
 
 __all__ = ["main", "UsageError", "EXIT_USAGE"]

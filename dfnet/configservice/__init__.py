@@ -11,7 +11,6 @@ Modules:
 - ``store``: the SQLite database (supernodes, settings and the settings version).
 - ``server``: the aiohttp HTTP API under ``/v1`` and the process's life (signals, shutdown).
 - ``client``: what supernodes and daemons call: one-shot requests and the heartbeat task.
-- ``jsonlog``: one-line JSON log records on stderr.
 
 Only ``client`` (and, for the command, ``server`` and ``store``) is meant to be imported by
 other packages; the server is started with ``dfly config-service``.

@@ -33,7 +33,7 @@ __all__ = [
 DEFAULT_TIMEOUT_S = 3.0
 DEFAULT_TTL_S = 6.0        # until the service says otherwise (its --supernode-ttl default)
 
-log = logging.getLogger("configservice.client")
+log = logging.getLogger("dfnet.configservice.client")
 
 
 class ConfigServiceError(Exception):

@@ -19,8 +19,8 @@ Rules kept here:
   answered 500 ``{"error": "internal error"}``, never with the traceback.
 - The database is used from one worker thread (``store`` rules); handlers never block the loop.
 - The process prints one JSON line ``{"listening": "HOST:PORT"}`` on stdout once it accepts
-  connections (the real port when asked for port 0), logs JSON lines on stderr, and stops
-  cleanly on SIGTERM or SIGINT.
+  connections (the real port when asked for port 0), logs JSON lines on stderr (``dfnet.logs``,
+  under the ``dfnet.configservice`` logger), and stops cleanly on SIGTERM or SIGINT.
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_TEXT = 256            # longest id, idc, location accepted
 MAX_TASKS = 10**9
 
-log = logging.getLogger("configservice")
+log = logging.getLogger("dfnet.configservice")
 
 
 class BadRequest(Exception):

@@ -12,28 +12,23 @@ reads a setting without parsing it again.
 | ``rate_policy`` | the rate controller daemons run | a policy URI | the URI |
 
 Rules kept here:
-- A rate is a positive whole number of bytes per second, a number with a wget/dfget suffix
-  (``20M``: K, M, G, T are powers of 1024 bytes per second, upper or lower case, as wget's and
-  dfget's ``--limit-rate``), or a number with one of DESIGN's rate units, case-sensitive:
-  ``bps Kbps Mbps Gbps Tbps`` (bits, powers of 1000), ``B/s KB/s MB/s GB/s TB/s`` (bytes,
-  powers of 1000), ``KiB/s MiB/s GiB/s TiB/s`` (bytes, powers of 1024). The result is rounded
-  to whole bytes per second and must be at least 1.
+- A rate is what ``dfnet.core.units.parse_limit`` reads (the daemon's ``--download-limit``
+  and dfget's ``--limit-rate`` read the same): a number of bytes per second, a number with a
+  wget/dfget suffix (``20M``: k, M, G are powers of 1024 bytes per second), or a number with
+  one of DESIGN's case-sensitive rate units (``100Mbps``, ``12.5MB/s``, ``4MiB/s``). The
+  result is rounded to whole bytes per second and must be at least 1.
 - A policy URI is ``heuristic:NAME`` naming a known policy of the right interface (from
   ``models.loader``), or ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or ``file:PATH``
   (learned policies, checked for shape only: the node that loads one reports its errors).
 - An update is all or nothing: every key is checked before anything changes. ``null``
   deletes a key (the node falls back to its own flag or default). Unknown keys are refused.
 - Every error is a ``SettingsError`` with one line naming the key.
-
-The rate syntax duplicates part of ``dfsim/units.py`` (which ``dfnet`` may not import) and
-adds wget's suffixes; ``parse_rate_limit`` belongs in ``dfnet/core`` once the daemon's
-``--download-limit`` and dfget's ``--limit-rate`` need it too.
 """
 from __future__ import annotations
 
-import math
 import re
-from decimal import Decimal, InvalidOperation
+
+from dfnet.core.units import parse_limit
 
 __all__ = ["KNOWN_KEYS", "SettingsError", "parse_rate_limit", "validate_changes"]
 
@@ -42,17 +37,6 @@ class SettingsError(ValueError):
     """A settings update that is refused; the message is one line naming the key."""
 
 
-_K, _KI = 1000, 1024
-_RATE_UNITS: dict[str, Decimal] = {
-    **{bits: Decimal(_K**k) / 8 for k, bits in enumerate(("bps", "Kbps", "Mbps", "Gbps", "Tbps"))},
-    **{f"{u}/s": Decimal(_K**k) for k, u in enumerate(("B", "KB", "MB", "GB", "TB"))},
-    **{f"{u}/s": Decimal(_KI**k) for k, u in enumerate(("KiB", "MiB", "GiB", "TiB"), start=1)},
-    **{s: Decimal(_KI**k) for k, s in enumerate("KMGT", start=1)},
-    **{s.lower(): Decimal(_KI**k) for k, s in enumerate("KMGT", start=1)},
-}
-_RATE_HELP = ("a whole number of bytes/s, a wget-style 20M (K/M/G/T, powers of 1024 bytes/s), "
-              "or a unit: bps, Kbps, Mbps, Gbps, B/s, KB/s, MB/s, GB/s, KiB/s, MiB/s, GiB/s")
-_QUANTITY = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z/]*)\s*")
 _MAX_RATE = 2**53  # bytes/s: far above any link, and still exact as a JSON number
 
 
@@ -63,40 +47,15 @@ def _shown(value: object, limit: int = 64) -> str:
 
 
 def parse_rate_limit(value: object) -> int:
-    """Bytes per second from 20971520, "20M", "100Mbps" or "12.5 MB/s"; ValueError if not a rate."""
-    what = f"{_shown(value)} is not a rate"
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError(f"{what} ({_RATE_HELP})")
-    if isinstance(value, int):
-        exact = Decimal(value)
-    elif isinstance(value, float):
-        if not (math.isfinite(value) and value.is_integer()):
-            raise ValueError(f"{what} (a bare number is bytes/s and must be whole)")
-        exact = Decimal(int(value))
-    else:
-        m = _QUANTITY.fullmatch(value)
-        if m is None:
-            raise ValueError(f"{what} ({_RATE_HELP})")
-        try:
-            number = Decimal(m.group(1))
-        except InvalidOperation:  # pragma: no cover - the pattern admits only numbers
-            raise ValueError(f"{what} ({_RATE_HELP})") from None
-        unit = m.group(2)
-        if unit == "":
-            if number != number.to_integral_value():
-                raise ValueError(f"{what} (a bare number is bytes/s and must be whole)")
-            exact = number
-        elif unit in _RATE_UNITS:
-            exact = number * _RATE_UNITS[unit]
-        elif f"{unit}/s" in _RATE_UNITS:
-            raise ValueError(f"{what} ('{unit}' is a size; did you mean '{unit}/s'?)")
-        else:
-            raise ValueError(f"{what} (unknown unit '{unit}'; units are case-sensitive; {_RATE_HELP})")
-    rate = int(exact.to_integral_value())
+    """Whole bytes per second from 20971520, "20M", "100Mbps" or "12.5 MB/s" (the syntax of
+    ``dfnet.core.units.parse_limit``); ValueError with one line if it is not a limit."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)) or len(str(value)) > 64:
+        raise ValueError(f"{_shown(value)} is not a rate (a number of bytes/s, 20M, or a rate such as 100Mbps)")
+    rate = round(parse_limit(str(value)))
     if rate < 1:
-        raise ValueError(f"{what} (a limit must be at least 1 byte/s)")
+        raise ValueError(f"{_shown(value)} is not a limit (must be at least 1 byte/s)")
     if rate > _MAX_RATE:
-        raise ValueError(f"{what} (more than {_MAX_RATE} bytes/s)")
+        raise ValueError(f"{_shown(value)} is not a limit (more than {_MAX_RATE} bytes/s)")
     return rate
 
 
