@@ -8,6 +8,10 @@ Rules kept here:
   piece counts only when its sha256 equals the supernode's digest, and is then recorded
   durably (`dfnet.storage`), so a daemon killed at any moment resumes with every finished
   piece and refetches only those that were in flight.
+- Results go back in batches: after the first piece of a window ends, the daemon gathers
+  more for up to `BATCH_WAIT_S` or until half its window is free, then one sync reports them
+  all and takes the next assignments. Per piece the protocol costs a fraction of a round
+  trip (about 2 / window syncs), not one HTTP request.
 - A piece that does not match is reported corrupt (the core blocklists that parent for this
   task); a parent that fails otherwise is reported and the supernode decides again.
 - A supernode that stops answering is replaced by the next (`--supernode` order or the config
@@ -50,6 +54,7 @@ from . import supernodes as sn
 PIECE_TIMEOUT_S = 60.0
 CHUNK = 256 * 1024
 SOURCE_CONCURRENCY = 4
+BATCH_WAIT_S = 0.05
 log = logging.getLogger("dfnet.daemon.download")
 
 
@@ -132,6 +137,7 @@ class Download:
         source: list[list] = []
         have = [p for p in range(files.n_pieces) if files.have[p]]
         inflight: dict[asyncio.Task, tuple[int, str]] = {}
+        window = 1
         try:
             while True:
                 reply = await sn.sync(h.session, addr, tid, token, {
@@ -156,17 +162,27 @@ class Download:
                     if reply.retry_after:
                         await asyncio.sleep(reply.retry_after)
                     continue
-                finished, _ = await asyncio.wait(inflight, timeout=reply.retry_after or None,
-                                                 return_when=asyncio.FIRST_COMPLETED)
-                for job in finished:
-                    piece, parent = inflight.pop(job)
-                    try:
-                        nbytes, cost = job.result()
-                        done.append([piece, parent, nbytes, round(cost, 6)])
-                    except PieceFailed as e:
-                        failed.append([piece, parent, e.corrupt])
-                        log.warning("piece failed", extra={"fields": {
-                            "piece": piece, "parent": parent, "corrupt": e.corrupt, "reason": str(e)[:200]}})
+                window = max(window, len(inflight))
+                # report in batches: wait for the first result, then gather more for up to
+                # BATCH_WAIT_S or until half the window is free, so one sync carries several
+                # results and several new assignments (the supernode's cost is per sync)
+                timeout = reply.retry_after or None
+                while inflight:
+                    finished, _ = await asyncio.wait(inflight, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                    if not finished:
+                        break
+                    for job in finished:
+                        piece, parent = inflight.pop(job)
+                        try:
+                            nbytes, cost = job.result()
+                            done.append([piece, parent, nbytes, round(cost, 6)])
+                        except PieceFailed as e:
+                            failed.append([piece, parent, e.corrupt])
+                            log.warning("piece failed", extra={"fields": {
+                                "piece": piece, "parent": parent, "corrupt": e.corrupt, "reason": str(e)[:200]}})
+                    if len(done) + len(failed) >= max(1, window // 2):
+                        break
+                    timeout = BATCH_WAIT_S
         finally:
             for job in inflight:
                 job.cancel()

@@ -75,6 +75,8 @@ def supernode(args: argparse.Namespace) -> int:
     if cache[1] > cache[0]:
         raise UsageError("--cache-low must not exceed --cache-high")
     upload = _rate(args.upload_limit, "--upload-limit")
+    if not 1 <= args.concurrent_pieces <= 256:
+        raise UsageError("--concurrent-pieces must be between 1 and 256")
     from dfnet import logs
     logs.setup(args.log_level)
     return asyncio.run(_supernode(args, host, port, data, factory, piece, cache, upload))
@@ -82,11 +84,13 @@ def supernode(args: argparse.Namespace) -> int:
 
 async def _supernode(args, host, port, data, factory, piece, cache, upload) -> int:
     from dfnet import serve
+    from dfnet.core.scheduler import SchedulerConfig
     from dfnet.supernode.service import Supernode
     from dfnet.throttle import set_rate
 
     node = Supernode(data, factory, advertise="", piece_size=piece, cache_high=cache[0], cache_low=cache[1],
-                     revalidate_s=args.revalidate_s, policy_uri=args.policy)
+                     revalidate_s=args.revalidate_s, policy_uri=args.policy,
+                     config=SchedulerConfig(concurrent_pieces=args.concurrent_pieces))
     if upload:
         set_rate(node.upload_bucket, upload)
     runner, addr = await serve.start(node.app(), host, port)
@@ -183,6 +187,8 @@ def add_parser(sub) -> None:
     sn.add_argument("--location", default="")
     sn.add_argument("--piece-size", default=None, metavar="SIZE", help="override Dragonfly 1's piece-size rule")
     sn.add_argument("--upload-limit", default=None, metavar="RATE")
+    sn.add_argument("--concurrent-pieces", type=int, default=16, metavar="N",
+                    help="pieces in flight per peer (default 16: one sync assigns a batch)")
     sn.add_argument("--cache-high", default="50GiB", metavar="SIZE", help="GC starts above this (default 50GiB)")
     sn.add_argument("--cache-low", default="40GiB", metavar="SIZE", help="GC goes down to this (default 40GiB)")
     sn.add_argument("--revalidate-s", type=float, default=30.0, metavar="SECONDS",

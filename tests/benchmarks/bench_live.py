@@ -200,7 +200,7 @@ async def load_generator(addr: str, url: str) -> dict:
 
 def core_capacity() -> dict:
     """The same workload straight into the core scheduler (no HTTP): its decision cost."""
-    from dfnet.core.scheduler import Decision, Scheduler
+    from dfnet.core.scheduler import Decision, Scheduler, SchedulerConfig
     from dfnet.core.swarm import Swarm
     from dfnet.core.task import Task
     from models.loader import load_piece_selector, resolve_upload_slots
@@ -208,7 +208,7 @@ def core_capacity() -> dict:
     sel = load_piece_selector("heuristic:d2")
     task = Task("0" * 64, "http://x/f", 64 << 20, 256 << 10)
     sw = Swarm(task, *resolve_upload_slots(sel))
-    sched = Scheduler(sw, sel)
+    sched = Scheduler(sw, sel, SchedulerConfig(concurrent_pieces=16))   # as `dfly supernode`
     seed = sw.add_peer("seed", is_seed=True)
     for p in range(task.n_pieces):
         sw.add_piece(seed, p)
