@@ -261,3 +261,128 @@ def test_supernode_killed_mid_distribution_daemons_fail_over(cluster):
         assert any("supernode unavailable" in d.logs() for d in ds)
     finally:
         cs.stop()
+
+
+def test_origin_cut_mid_download_resumes_with_range(cluster):
+    url, sha = cluster.file("big.bin")
+    cluster.origin.post_json("/_faults", {"cut_after": 20 * MiB})
+    sn = cluster.supernode()
+    d = cluster.daemon("d0", "--supernode", sn.addr)
+    r = nodes.dfget(url, "-O", str(cluster.root / "out.bin"), "--daemon", d.addr)
+    assert r.returncode == 0, r.stderr
+    assert _sha(cluster.root / "out.bin") == sha
+    assert "resuming" in sn.logs()
+    reqs = cluster.origin.get_json("/_stats")["requests"]
+    assert any(q["headers"].get("Range", "").startswith("bytes=") for q in reqs)
+    assert cluster.origin_bytes() <= 1.1 * SIZE
+
+
+def test_back_to_source_when_no_supernode_answers(cluster):
+    url, sha = cluster.file("small.bin", size=10 * MiB)
+    d = cluster.daemon("d0", "--supernode", "127.0.0.1:9")     # nothing listens there
+    out = cluster.root / "out.bin"
+    r = nodes.dfget(url, "-O", str(out), "--daemon", d.addr, "--no-back-source")
+    assert r.returncode == errors.NETWORK and "no supernode answered" in r.stderr
+    assert not out.exists()
+    r = nodes.dfget(url, "-O", str(out), "--daemon", d.addr)
+    assert r.returncode == 0, r.stderr
+    assert _sha(out) == sha
+    assert _metric(d.get_text("/metrics"), "dragonfly_dfdaemon_back_source_total") == 1
+
+
+def test_download_limit_holds(cluster):
+    url, sha = cluster.file("small.bin", size=24 * MiB)
+    sn = cluster.supernode()
+    d = cluster.daemon("d0", "--supernode", sn.addr, "--download-limit", "8M")
+    t0 = time.monotonic()
+    r = nodes.dfget(url, "-O", str(cluster.root / "out.bin"), "--daemon", d.addr)
+    took = time.monotonic() - t0
+    assert r.returncode == 0, r.stderr
+    # 24 MiB at 8 MiB/s: at least ~3 s minus the bucket's initial burst (a quarter second)
+    assert took >= 2.5, took
+    assert "8388608" in d.get_text("/metrics")      # the limit gauge
+
+
+def test_peers_get_pieces_only_with_the_task_token_and_no_path_escapes(cluster):
+    import urllib.error
+    import urllib.request
+    url, _ = cluster.file("small.bin", size=8 * MiB)
+    sn = cluster.supernode()
+    d = cluster.daemon("d0", "--supernode", sn.addr)
+    assert nodes.dfget(url, "-O", str(cluster.root / "out.bin"), "--daemon", d.addr).returncode == 0
+    tid = next((cluster.root / "d0" / "tasks").iterdir()).name
+    up = d.info["upload"]
+
+    def get(path: str, token: str | None = None) -> int:
+        req = urllib.request.Request(f"http://{up}{path}", headers={"X-Dfly-Token": token} if token else {})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    assert get(f"/v1/tasks/{tid}/pieces/0") == 403                   # no token
+    assert get(f"/v1/tasks/{tid}/pieces/0", "f" * 32) == 403         # a wrong one
+    assert get("/v1/tasks/..%2F..%2Fpeer-id/pieces/0", "f" * 32) == 400
+    assert get(f"/v1/tasks/{tid}/pieces/999", "f" * 32) in (400, 403)
+    assert get("/v1/download") in (404, 405)                        # no local API on the upload port
+
+
+@pytest.mark.parametrize("body", [b"not json", b"[]", b'{"url": 5}', b'{"url": "http://x/", "peer": {"id": "p"}}',
+                                  b'{"url": "http://x/", "peer": {"id": "p", "addr": "h:1", "upload_bps": "fast"}}'])
+def test_malformed_peer_messages_get_one_line_400(cluster, body):
+    import urllib.error
+    import urllib.request
+    sn = cluster.supernode()
+    req = urllib.request.Request(f"http://{sn.addr}/v1/register", data=body, method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=5)
+    assert e.value.code == 400
+    msg = e.value.read().decode()
+    assert "error" in msg and "\n" not in msg.strip() and "Traceback" not in msg
+    assert "Traceback" not in sn.logs()
+
+
+def test_full_disk_is_a_file_error_and_leaves_no_output(cluster):
+    import subprocess
+    small = cluster.root / "small-disk"
+    small.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(small)]).returncode:
+        pytest.skip("needs root to mount a 16 MiB tmpfs")
+    try:
+        url, _ = cluster.file("big.bin")
+        sn = cluster.supernode()
+        d = nodes.daemon("d-small", small / "data", cluster.root / "logs", "--supernode", sn.addr)
+        try:
+            out = cluster.root / "out.bin"
+            r = nodes.dfget(url, "-O", str(out), "--daemon", d.addr)
+            assert r.returncode == errors.FILE_IO, r.stderr
+            assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+            assert not out.exists()
+        finally:
+            d.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(small)])
+
+
+def test_dfget_starts_a_daemon_when_none_answers(cluster, tmp_path):
+    import socket
+    url, sha = cluster.file("small.bin", size=8 * MiB)
+    sn = cluster.supernode()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, DFLY_HOME=str(tmp_path / "home"), DFLY_SUPERNODES=sn.addr, DFLY_DAEMON_IDLE_S="2")
+    import subprocess
+    r = subprocess.run([nodes.PY, "-m", "dfnet.dfget", url, "-O", str(tmp_path / "out.bin"),
+                        "--daemon", f"127.0.0.1:{port}"], cwd=nodes.ROOT, env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert _sha(tmp_path / "out.bin") == sha
+    log = (tmp_path / "home" / "daemon.log").read_text()
+    assert '"listening"' not in log and "idle" not in log      # still serving right after
+    deadline = time.monotonic() + 15
+    while "idle; exiting" not in (tmp_path / "home" / "daemon.log").read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "idle; exiting" in (tmp_path / "home" / "daemon.log").read_text()
