@@ -28,7 +28,6 @@ Rules kept here:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import secrets
@@ -45,7 +44,7 @@ from dfnet.errors import DIGEST_MISMATCH, FILE_IO, NETWORK, PROTOCOL, SOURCE_KIN
 from dfnet.logs import redact_url
 from dfnet.protocol import TOKEN_HEADER
 from dfnet.source import SourceError, open_source
-from dfnet.storage import StorageError, TaskFiles
+from dfnet.storage import PieceWriter, StorageError, TaskFiles
 from dfnet.throttle import bucket, pace
 from dfnet.upload import Servable
 
@@ -193,31 +192,30 @@ class Download:
         h, files = self.host, self.files
         offset, n = files.piece_range(piece)
         t0 = time.monotonic()
-        hasher = hashlib.sha256()
+        writer = PieceWriter(files, offset)
         got = 0
-        buckets = (h.download_bucket, self.task_bucket)
+        buckets = (h.download_bucket, self.task_bucket, h.disk_bucket)
         try:
             async with h.session.get(f"http://{addr}/v1/tasks/{tid}/pieces/{piece}", headers={TOKEN_HEADER: token},
                                      timeout=aiohttp.ClientTimeout(total=PIECE_TIMEOUT_S, sock_connect=5,
                                                                    sock_read=15)) as resp:
                 if resp.status != 200:
                     raise PieceFailed(f"parent answered HTTP {resp.status}")
-                async for chunk in resp.content.iter_chunked(CHUNK):
+                async for chunk in resp.content.iter_any():
                     if got + len(chunk) > n:
                         raise PieceFailed("parent sent more bytes than the piece holds", corrupt=True)
                     await pace(buckets, len(chunk))
-                    await pace((h.disk_bucket,), len(chunk))
-                    files.write(offset + got, chunk)
-                    hasher.update(chunk)
+                    await writer.feed(chunk)
                     got += len(chunk)
                     h.count_rx(len(chunk))
+                digest = await writer.digest()
         except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as e:
             raise PieceFailed(f"{type(e).__name__}: {e}") from None
         except OSError as e:
             raise DownloadError(f"cannot write {files.data_path}: {e.strerror or e}", FILE_IO) from None
         if got != n:
             raise PieceFailed(f"parent sent {got} of {n} bytes")
-        if hasher.hexdigest() != sha:
+        if digest != sha:
             h.metrics.inc("dragonfly_dfdaemon_piece_corrupt_total")
             raise PieceFailed("piece digest mismatch", corrupt=True)
         files.commit(piece, sha)
@@ -259,7 +257,7 @@ class Download:
     async def _source_piece(self, piece: int) -> None:
         h, files = self.host, self.files
         offset, n = files.piece_range(piece)
-        hasher = hashlib.sha256()
+        writer = PieceWriter(files, offset)
         try:
             resp = await open_source(h.session, self.req.url, self.req.headers, start=offset, end=offset + n - 1)
         except SourceError as e:
@@ -279,17 +277,17 @@ class Download:
                         break
                     continue
                 await pace((h.download_bucket, self.task_bucket, h.disk_bucket), len(chunk))
-                files.write(offset + got, chunk)
-                hasher.update(chunk)
+                await writer.feed(chunk)
                 got += len(chunk)
                 h.count_rx(len(chunk))
+            digest = await writer.digest()
             if got != n:
                 raise DownloadError(f"origin closed the connection early ({got} of {n} bytes of piece {piece})", NETWORK)
         except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as e:
             raise DownloadError(f"origin download failed: {type(e).__name__}", NETWORK) from None
         finally:
             resp.close()
-        files.commit(piece, hasher.hexdigest())
+        files.commit(piece, digest)
         self.fetched_pieces += 1
         h.metrics.inc("dragonfly_dfdaemon_download_traffic", n, type="back_source")
         self._report_progress()

@@ -1,8 +1,8 @@
 """The seed: fetch a task from the origin once, cut it into pieces, digest each.
 
 Rules kept here:
-- Bytes stream from the origin straight to the task's data file; each piece is sha256'd as
-  it passes and offered to the swarm the moment its last byte is written (`on_piece`), so
+- Bytes stream from the origin straight to the task's data file (written and hashed off the
+  event loop, `PieceWriter`); each piece is sha256'd as it passes and offered to the swarm the moment its last byte is written (`on_piece`), so
   children start while the origin download is still running.
 - An interrupted download resumes at the first piece not yet held, with `Range` and an
   `If-Range` validator: if the file changed meanwhile, the task fails instead of mixing two
@@ -13,7 +13,6 @@ Rules kept here:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from typing import Callable
 
@@ -21,7 +20,7 @@ import aiohttp
 
 from dfnet.logs import redact_url
 from dfnet.source import SourceError, SourceResponse, open_source
-from dfnet.storage import TaskFiles
+from dfnet.storage import PieceWriter, TaskFiles
 
 RETRIES = 5
 CHUNK = 256 * 1024
@@ -74,9 +73,9 @@ async def _stream(resp: SourceResponse, files: TaskFiles, start: int,
     offset = resp.start
     size = files.piece_size
     piece = start // size
-    h = hashlib.sha256()
+    writer = PieceWriter(files, piece * size)
     end_of_piece = min((piece + 1) * size, files.length)
-    async for chunk in resp.content.iter_chunked(CHUNK):
+    async for chunk in resp.content.iter_any():
         on_bytes(len(chunk))
         if offset + len(chunk) <= start:        # an origin without ranges: skip what we hold
             offset += len(chunk)
@@ -89,16 +88,15 @@ async def _stream(resp: SourceResponse, files: TaskFiles, start: int,
             k = min(len(view), end_of_piece - offset)
             if k <= 0:
                 raise SourceError("origin sent more bytes than its length", "protocol")
-            files.write(offset, view[:k])
-            h.update(view[:k])
+            await writer.feed(view[:k])
             offset += k
             view = view[k:]
             if offset == end_of_piece:
-                digest = h.hexdigest()
+                digest = await writer.digest()
                 files.commit(piece, digest)
                 on_piece(piece, digest)
                 piece += 1
-                h = hashlib.sha256()
+                writer = PieceWriter(files, piece * size)
                 end_of_piece = min((piece + 1) * size, files.length)
     if offset < files.length:
         raise SourceError(f"origin closed the connection at byte {offset} of {files.length}")
