@@ -99,6 +99,7 @@ class Network:
         self._dirty: dict[Resource, None] = {}
         self._new: list[Flow] = []
         self._flush_pending = False
+        self._waking = False        # inside `_wake`: it flushes before returning
         self.active = 0
         # completion times live in our own heap, (time, seq, flow, version): re-timing a flow
         # is one push, and SimPy is woken only for the earliest completion
@@ -163,6 +164,8 @@ class Network:
     def _want_flush(self) -> None:
         if not self._flush_pending:
             self._flush_pending = True
+            if self._waking:
+                return
             ev = simpy.Event(self.env)
             ev.callbacks.append(self._flush)
             ev._ok = True
@@ -239,10 +242,13 @@ class Network:
 
     def _wake(self, _event) -> None:
         now = self.env.now
-        if now >= self._wake_at:
-            self._wake_at = INF
-        heap = self._heap
         due = now + 1e-9 * max(1.0, now)         # rounding in now + delay
+        if self._wake_at <= due:
+            self._wake_at = INF                  # this is the wake-up `_arm` asked for
+        heap = self._heap
+        # what the completions change (ended flows, the flows their callbacks start) is
+        # flushed here, once, rather than by a separate SimPy event
+        self._waking = True
         while heap and heap[0][0] <= due:
             _, _, f, version = heappop(heap)
             if f.version != version:
@@ -254,4 +260,8 @@ class Network:
                 r.bytes += f.size
             self._detach(f)
             f.on_done(f)
-        self._arm()
+        self._waking = False
+        if self._flush_pending:
+            self._flush(None)
+        else:
+            self._arm()

@@ -35,7 +35,7 @@ from models.interfaces import HostLoad, PieceSelector, RateController
 from models.loader import resolve_upload_slots
 
 from .network import CountingEnvironment, Flow, Network, Resource
-from .physics import client_server_s, p2p_lower_bound_s
+from .physics import IdcSide, client_server_s, p2p_lower_bound_s
 from .scenario import Scenario
 from .trace import TraceWriter
 
@@ -151,9 +151,17 @@ class Simulation:
         size = sc.file.size
         self.client_server_s = client_server_s(size, n, sc.source.upload_bps, downs)
         staying = np.array([h.leave_at is None for h in self.hosts], dtype=bool)
+        sides: dict[str, list] = {}          # idc -> [finishing hosts, upload, has origin]
+        for node in [self.origin, *self.supernodes, *self.hosts]:
+            side = sides.setdefault(node.idc, [0, 0.0, False])
+            side[1] += node.upload_bps
+            side[2] = side[2] or node is self.origin
+            if 0 <= node.id < n and node.leave_at is None:      # a host that must finish
+                side[0] += 1
         self.lower_bound_s = p2p_lower_bound_s(size, sc.source.upload_bps,
                                                sum(s.upload_bps for s in self.supernodes), downs[staying],
-                                               ups, spread)
+                                               ups, spread, {k: IdcSide(*v) for k, v in sides.items()},
+                                               {k: r.capacity for k, r in self.links.items()})
         for h in self.hosts:
             if h.leave_at is not None:     # leave somewhere inside the download, not after it
                 h.leave_at = h.arrival + h.leave_at * self.lower_bound_s

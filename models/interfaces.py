@@ -80,7 +80,14 @@ class CandidateBatch:
 
 @runtime_checkable
 class PieceSelector(Protocol):
-    """Which piece should a child fetch, and from whom? Higher score is better."""
+    """Which piece should a child fetch, and from whom? Higher score is better.
+
+    Optional attribute (not part of the protocol check): `parent_only = True` declares that
+    a row's score does not depend on the piece columns, and that equal scores are ordered
+    uniformly at random. The core then does not call `score` for a batch whose rows all share
+    one parent, and picks among them at random itself (Dragonfly 2's evaluator ranks parents
+    only). A policy without the attribute is always asked.
+    """
 
     name: str
 

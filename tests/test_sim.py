@@ -86,13 +86,26 @@ def assert_finished_hold_everything(sim: Simulation) -> None:
 
 
 def p2p_lower_bound(sim: Simulation) -> float:
-    """Kumar and Ross, from the NICs this run drew (simultaneous arrival)."""
+    """Kumar and Ross, from the NICs this run drew (simultaneous arrival, no churn), and the
+    inter-IDC terms: an IDC without the origin gets every byte over its links (total L), so
+    T >= F / L and T >= N_k * F / (U_k + L)."""
     F = sim.sc.file.size
     u_origin = sim.sc.source.upload_bps
     u_seeds = sum(s.upload_bps for s in sim.supernodes)
     d_min = min(h.download_bps for h in sim.hosts)
     u_hosts = sum(h.upload_bps for h in sim.hosts)
-    return max(F / u_origin, F / d_min, len(sim.hosts) * F / (u_origin + u_seeds + u_hosts))
+    bound = max(F / u_origin, F / d_min, len(sim.hosts) * F / (u_origin + u_seeds + u_hosts))
+    nodes = [sim.origin, *sim.supernodes, *sim.hosts]
+    upload = {n.idc: sum(m.upload_bps for m in nodes if m.idc == n.idc) for n in nodes}
+    for k in upload:
+        if k == sim.origin.idc:
+            continue
+        inflow = sum(min(next((link.capacity_bps for link in sim.sc.links if set(link.between) == {j, k}),
+                              math.inf), upload[j]) for j in upload if j != k)
+        if math.isfinite(inflow):
+            n_k = sum(h.idc == k for h in sim.hosts)
+            bound = max(bound, F / inflow, n_k * F / (upload[k] + inflow))
+    return bound
 
 
 def assert_not_below_physics(sim: Simulation, summary: dict) -> None:
@@ -315,6 +328,42 @@ def test_two_idcs_with_a_limited_link():
     assert s["cross_idc_bytes"] >= s["file_bytes"]
     assert_conserved(sim)
     assert_finished_hold_everything(sim)
+    assert_not_below_physics(sim, s)
+
+
+@pytest.mark.parametrize("host_upload, term", [
+    ("10Mbps", "volume"),       # sg's own upload is small: 20 x 50 MB over 200 + 100 Mbps
+    ("1Gbps", "seeding"),       # sg replicates fast; one copy over a 100 Mbps link is the floor
+])
+def test_lower_bound_counts_a_limited_inter_idc_link(host_upload, term):
+    """sg holds neither the origin nor a supernode: every byte its hosts get crosses the link."""
+    d = scenario(n=4, size="50MB")
+    d["idcs"] = [{"name": "hz"}, {"name": "sg"}]
+    d["links"] = [{"between": ["hz", "sg"], "capacity": "100Mbps"}]
+    d["source"]["idc"] = "hz"
+    d["supernodes"][0]["idc"] = "hz"
+    d["hosts"][0]["idc"] = "hz"
+    d["hosts"].append({"count": 20, "download": "1Gbps", "upload": host_upload, "idc": "sg"})
+    sim, s = simulate(d)
+    F, link = 50 * MB, mbps(100)
+    # Kumar and Ross alone would say 2 s (F / d_min of hz's 200 Mbps hosts)
+    expected = {"volume": 20 * F / (20 * mbps(10) + link), "seeding": F / link}[term]
+    assert expected > 2.0
+    assert s["lower_bound_s"] == pytest.approx(expected, abs=1e-3)      # rounded to ms
+    assert s["finished_hosts"] == 24
+    assert_not_below_physics(sim, s)
+    sg_last = max(h.done_at for h in sim.hosts if h.idc == "sg")
+    assert sg_last >= expected * (1 - 1e-9)
+
+
+def test_lower_bound_ignores_idcs_without_a_listed_link():
+    d = scenario(n=4, size="50MB")
+    d["idcs"] = [{"name": "hz"}, {"name": "sg"}]
+    d["source"]["idc"] = "hz"
+    d["hosts"][0]["idc"] = "hz"
+    d["hosts"].append({"count": 20, "download": "1Gbps", "upload": "10Mbps", "idc": "sg"})
+    sim, s = simulate(d)
+    assert s["lower_bound_s"] == pytest.approx(50 * MB / mbps(200), abs=1e-3)
     assert_not_below_physics(sim, s)
 
 

@@ -111,7 +111,12 @@ class Scheduler:
         self.selector = selector
         self.config = config
         self.keep_features = keep_features
-        self._rand = random.Random(seed).random
+        rng = random.Random(seed)
+        self._rand = rng.random
+        self._shuffle = rng.shuffle
+        # a selector whose score ignores the piece (see `models.interfaces.PieceSelector`) need
+        # not be asked to order pairs that all share one parent: it would order them at random
+        self._parent_only = bool(getattr(selector, "parent_only", False))
         self.decisions = 0
         self._rankings: dict[int, _Ranking] = {}
         self._hints: dict[int, int] = {}    # child -> a parent that just became free for it
@@ -152,33 +157,44 @@ class Scheduler:
             return []
         useful: list[tuple[int, int, int]] = []
         passed: list[tuple[int, int, int]] = []
-        idc = sw.idc
+        idc = sw.idc_list
+        home = idc[parent]
+        have, run, finished, online = sw.have_bits, sw.run_bits, sw.finished, sw.online_list
+        is_waiting = self._is_waiting
+        offer = have[parent]
+        n_pieces = sw.n_pieces
         local = 0
-        while waiting and local < n and len(useful) + len(passed) < WAKE_SCAN:
+        scanned = 0
+        while waiting and local < n and scanned < WAKE_SCAN:
             entry = heappop(waiting)
             child = entry[2]
-            if child not in self._is_waiting:
+            if child not in is_waiting:
                 continue                        # woken or served since it queued
-            if not sw.online[child] or sw.finished[child] == sw.n_pieces:
-                self._is_waiting.discard(child)
+            if not online[child] or finished[child] == n_pieces:
+                is_waiting.discard(child)
                 continue
+            scanned += 1
             if piece is not None:
-                ok = not (sw.have_bits[child] | sw.run_bits[child]) >> piece & 1
+                ok = not (have[child] | run[child]) >> piece & 1
             else:
-                ok = bool(sw.have_bits[parent] & ~sw.have_bits[child] & ~sw.run_bits[child])
+                ok = offer & ~have[child] & ~run[child]
             if ok and child != parent:
                 useful.append(entry)
-                local += idc[child] == idc[parent]
+                if idc[child] == home:
+                    local += 1
             else:
                 passed.append(entry)
-        # children in the parent's IDC first: a freed slot should not pull traffic across a
-        # scarce inter-IDC link while a neighbour waits; then the furthest behind
-        useful.sort(key=lambda e: (idc[e[2]] != idc[parent], e))
+        if local < len(useful):
+            # children in the parent's IDC first: a freed slot should not pull traffic across
+            # a scarce inter-IDC link while a neighbour waits; then the furthest behind
+            useful.sort(key=lambda e: (idc[e[2]] != home, e))
         out = [e[2] for e in useful[:n]]
         for child in out:
-            self._is_waiting.discard(child)
+            is_waiting.discard(child)
             self._hints[child] = parent
-        for entry in useful[n:] + passed:
+        for entry in useful[n:]:
+            heappush(waiting, entry)
+        for entry in passed:
             heappush(waiting, entry)
         return out
 
@@ -224,10 +240,13 @@ class Scheduler:
         self._waits.pop(child, None)
         self.decisions += 1
         n = len(pieces)
-        x = None
-        if n > 1 or self.keep_features:
-            x = self._features(child, running, pieces, parents)
-        if n > 1:
+        x = self._features(child, running, pieces, parents) if self.keep_features else None
+        if n > 1 and self._parent_only and parents.count(parents[0]) == n:
+            order = list(range(n))
+            self._shuffle(order)
+        elif n > 1:
+            if x is None:
+                x = self._features(child, running, pieces, parents)
             view = PeerView(child, sw.peers[child].idc, sw.peers[child].location,
                             sw.finished[child], sw.n_pieces, len(running))
             batch = CandidateBatch(np.array(pieces, dtype=np.int64), np.array(parents, dtype=np.int64), x)
@@ -264,39 +283,46 @@ class Scheduler:
             self._offer(hint, needed, int(rand() * sw.n_pieces), pieces, parents)
             if parents:
                 return pieces, parents, True
-        # the rarest needed pieces, each from a few of its open holders
-        per, tries = cfg.parents_per_piece, cfg.holder_tries
-        holders = sw.holders
-        for piece in sw.rarest_few(needed, cfg.piece_candidates // 2):
-            hl = holders[piece]
-            n = len(hl)
-            if n <= tries:
-                found = [h for h in hl if open_[h] and h != child][:per]
-            else:
-                found = []
-                for _ in range(tries):
-                    h = hl[int(rand() * n)]
-                    if open_[h] and h != child and h not in found:
-                        found.append(h)
-                        if len(found) == per:
-                            break
-            parents.extend(found)
-            pieces.extend([piece] * len(found))
-        # open parents themselves: the seeds and a random sample of open peers, each with the
-        # rarest and a random one of the needed pieces it holds
         pool = sw.open_list
         m = len(pool)
+        n_pieces = sw.n_pieces
+        half = cfg.piece_candidates // 2
         if m <= cfg.open_sample:
-            others = sorted(pool)
+            # few open peers: each offers its `half` rarest needed pieces and a random one.
+            # Whatever the search below would find among the rarest pieces' open holders is
+            # in these offers (a piece among the rarest needed is among the rarest its holder
+            # offers), at a fraction of the cost
+            for p in sorted(pool):
+                if p != child:
+                    self._offer(p, needed, int(rand() * n_pieces), pieces, parents, half)
         else:
+            # the rarest needed pieces, each from a few of its open holders
+            per, tries = cfg.parents_per_piece, cfg.holder_tries
+            holders = sw.holders
+            for piece in sw.rarest_few(needed, half):
+                hl = holders[piece]
+                n = len(hl)
+                if n <= tries:
+                    found = [h for h in hl if open_[h] and h != child][:per]
+                else:
+                    found = []
+                    for _ in range(tries):
+                        h = hl[int(rand() * n)]
+                        if open_[h] and h != child and h not in found:
+                            found.append(h)
+                            if len(found) == per:
+                                break
+                parents.extend(found)
+                pieces.extend([piece] * len(found))
+            # open parents themselves: the seeds and a random sample of open peers, each with
+            # the rarest and a random one of the needed pieces it holds
             others = sorted({pool[int(rand() * m)] for _ in range(cfg.open_sample)})
-        for s in sw.seeds:
-            if open_[s] and s not in others:
-                others.append(s)
-        start = int(rand() * sw.n_pieces)
-        for p in others:
-            if p != child:
-                self._offer(p, needed, start, pieces, parents)
+            for s in sw.seeds:
+                if open_[s] and s not in others:
+                    others.append(s)
+            for p in others:
+                if p != child:
+                    self._offer(p, needed, int(rand() * n_pieces), pieces, parents)
         if not parents:
             return [], [], True
         blocked = sw.blocklist[child]
@@ -312,20 +338,23 @@ class Scheduler:
                 parents = [parents[i] for i in keep]
         return pieces, parents, True
 
-    def _offer(self, parent: int, needed: int, start: int, pieces: list[int], parents: list[int]) -> None:
-        """What `parent` offers: the rarest needed piece it holds and a random one, the first
-        at or after `start`, wrapping around."""
+    def _offer(self, parent: int, needed: int, start: int, pieces: list[int], parents: list[int],
+               rare: int = 1) -> None:
+        """What `parent` offers: the `rare` rarest needed pieces it holds and a random one, the
+        first at or after `start`, wrapping around."""
         offer = self.swarm.have_bits[parent] & needed
         if not offer:
             return
-        a = self.swarm.rarest(offer)
         after = offer >> start
-        b = start + (after & -after).bit_length() - 1 if after else (offer & -offer).bit_length() - 1
-        parents.append(parent)
-        pieces.append(a)
-        if b != a:
-            parents.append(parent)
-            pieces.append(b)
+        drawn = start + (after & -after).bit_length() - 1 if after else (offer & -offer).bit_length() - 1
+        if rare == 1:
+            offered = [self.swarm.rarest(offer)]
+        else:
+            offered = self.swarm.rarest_few(offer, rare)
+        if drawn not in offered:
+            offered.append(drawn)
+        parents.extend([parent] * len(offered))
+        pieces.extend(offered)
 
     def _features(self, child: int, running: set[int], pieces: list[int], parents: list[int]) -> np.ndarray:
         """The batch's feature matrix, one row per pair, columns as in `FEATURES`.

@@ -129,7 +129,7 @@ class Swarm:
         self.count_list: list[int] = [0] * self.n_pieces     # `count` as a list
         self.idc_list: list[int] = []       # `idc` and `loc` as lists
         self.loc_list: list[int] = []
-        self._online: list[bool] = []       # `online`, `uploads` and `slots` as lists
+        self.online_list: list[bool] = []   # `online`, `uploads` and `slots` as lists
         self._uploads: list[int] = []
         self._slots: list[int] = []
         self.levels: list[int] = [0, 0]     # levels[c]: pieces with c online holders (c >= 1)
@@ -194,7 +194,7 @@ class Swarm:
         self.slots[i] = slots
         self._slots.append(slots)
         self._uploads.append(0)
-        self._online.append(True)
+        self.online_list.append(True)
         self._set_open(i, True)
         self.idc[i] = self._idc_codes.setdefault(idc, len(self._idc_codes))
         self.idc_list.append(int(self.idc[i]))
@@ -230,7 +230,7 @@ class Swarm:
         self.have[peer, piece] = True
         self.lack[peer, piece] = False
         self.holders[piece].append(peer)
-        if self._online[peer]:
+        if self.online_list[peer]:
             c = self.count_list[piece]
             self.count_list[piece] = c + 1
             self.count[piece] = c + 1
@@ -340,14 +340,14 @@ class Swarm:
         self._served_fail[parent] += 1
         ok = self._served_ok[parent]
         self.pfeat[parent, _SUCCESS] = ok / (ok + self._served_fail[parent])
-        if corrupt or not self._online[parent]:
+        if corrupt or not self.online_list[parent]:
             self.blocklist[child].add(parent)
 
     def _set_uploads(self, parent: int, n: int) -> None:
         self._uploads[parent] = n
         self.uploads[parent] = n
         slots = self._slots[parent]
-        is_open = n < slots and self._online[parent]
+        is_open = n < slots and self.online_list[parent]
         if self.open_flags[parent] != is_open:
             self._set_open(parent, is_open)
         pfeat = self.pfeat
@@ -394,7 +394,7 @@ class Swarm:
         if not self.online[peer]:
             return
         self.online[peer] = False
-        self._online[peer] = False
+        self.online_list[peer] = False
         self._set_open(peer, False)
         self.online_peers -= 1
         self.count -= self.have[peer]

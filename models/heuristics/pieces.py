@@ -11,6 +11,8 @@ Rules kept here:
   it millions of times per simulated run. Weights live in tables, not in branch chains.
 - Every policy owns its random generator, seeded in `__init__`, so one seed replays one run.
   A 0- or 1-row batch returns at once without drawing, since there is nothing to order.
+  Coins come from a block drawn ahead (`_coins`): a batch has a few rows, and one generator
+  call costs more than the numbers it draws.
 - Strict orders (Dragonfly 1, Kraken) are exact lexicographic sorts, returned as negative ranks,
   so no weight can let a lower key outvote a higher one.
 """
@@ -28,6 +30,7 @@ HOST_TYPE_SCORE = {"seed": 1.0, "normal": 0.5}
 # Ties broken at random stay below this, so they never reorder genuinely different scores
 # by more than rounding noise (the brief's bound is 1e-6).
 _TIE_SCALE = 1e-7
+_COIN_BLOCK = 4096
 
 
 def _linear(weights: Mapping[str, float]) -> tuple[np.ndarray, float]:
@@ -60,11 +63,23 @@ class _Selector:
     """Seeded generator and upload slot defaults shared by the hand-written selectors."""
 
     name: str
+    parent_only = False
     upload_slots: int = 200
     seed_upload_slots: int = 2000
 
     def __init__(self, seed: int = 0):
         self._rng = np.random.default_rng(seed)
+        self._block = np.zeros(0)
+        self._used = 0
+
+    def _coins(self, n: int) -> np.ndarray:
+        """`n` uniform draws in [0, 1): the next `n` of a block drawn ahead from the generator."""
+        i = self._used
+        if i + n > len(self._block):
+            self._block = self._rng.random(max(n, _COIN_BLOCK))
+            i = 0
+        self._used = i + n
+        return self._block[i:i + n]
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
@@ -74,6 +89,7 @@ class RandomSelector(_Selector):
     """Uniform random: the floor any policy has to beat."""
 
     name = "heuristic:random"
+    parent_only = True          # it ignores the piece (and everything else)
     upload_slots = 8
     seed_upload_slots = 2000
 
@@ -81,7 +97,7 @@ class RandomSelector(_Selector):
         n = len(candidates)
         if n < 2:
             return np.zeros(n)
-        return self._rng.random(n)
+        return self._coins(n).copy()
 
 
 class RarestFirstSelector(_Selector):
@@ -100,9 +116,9 @@ class RarestFirstSelector(_Selector):
         n = len(candidates)
         if n < 2:
             return np.zeros(n)
-        coin = self._rng.random(n)
+        coin = self._coins(n)
         if child.finished < self.random_first_pieces:
-            return coin
+            return coin.copy()
         # Holder counts are integers and the coin lies in [0, 1), so the coin only breaks ties.
         return coin - candidates.x[:, COL["piece_holders"]]
 
@@ -125,10 +141,11 @@ class DragonflyV1Selector(_Selector):
             return np.zeros(n)
         holders, distance, is_seed, order = candidates.x[:, self._cols].T
         # One coin per piece, not per row: the random key orders pieces, and all rows of a
-        # piece must stay together for the parent keys below it to decide the parent. Drawing
-        # one coin per piece index up to the largest is cheaper than grouping with np.unique
-        # for any file of up to some ten thousand pieces.
-        coin = self._rng.random(int(candidates.piece.max()) + 1)[candidates.piece]
+        # piece must stay together for the parent keys below it to decide the parent. A
+        # piece's rows take the coin drawn for its first row.
+        first: dict[int, float] = {}
+        coin = np.array([first.setdefault(p, c) for p, c in
+                         zip(candidates.piece.tolist(), self._coins(n).tolist())])
         return _negative_rank((order, is_seed, candidates.piece, coin, distance, holders))
 
 
@@ -141,6 +158,7 @@ class Dragonfly2Selector(_Selector):
     """
 
     name = "heuristic:d2"
+    parent_only = True          # parent and pair terms only; pieces tie, broken at random
     upload_slots = 200
     seed_upload_slots = 2000
     weights = {
@@ -157,7 +175,10 @@ class Dragonfly2Selector(_Selector):
         n = len(candidates)
         if n < 2:
             return np.zeros(n)
-        return candidates.x @ self._vector + (self._constant + _TIE_SCALE * self._rng.random(n))
+        score = candidates.x.dot(self._vector)
+        score += self._constant
+        score += _TIE_SCALE * self._coins(n)
+        return score
 
 
 class Dragonfly2LoadSelector(_Selector):
@@ -168,6 +189,7 @@ class Dragonfly2LoadSelector(_Selector):
     """
 
     name = "heuristic:d2-load"
+    parent_only = True
     upload_slots = 200
     seed_upload_slots = 2000
     load_weights = {"tx_headroom": 0.5, "minute_headroom": 0.3, "parent_free_slots": 0.2}
@@ -196,7 +218,7 @@ class Dragonfly2LoadSelector(_Selector):
             headroom @ self._headroom_weights
             + self._free_weight * free
             + x @ self._vector
-            + (self._constant + _TIE_SCALE * self._rng.random(n))
+            + (self._constant + _TIE_SCALE * self._coins(n))
         )
 
 
@@ -213,7 +235,7 @@ class KrakenSelector(_Selector):
         if n < 2:
             return np.zeros(n)
         completed, holders = candidates.x[:, self._cols].T
-        return _negative_rank((self._rng.random(n), holders, -completed))
+        return _negative_rank((self._coins(n), holders, -completed))
 
 
 PIECE_SELECTORS: tuple[type[_Selector], ...] = (
