@@ -177,8 +177,8 @@ def test_a_parent_serving_corrupt_pieces_is_caught(cluster):
     corrupt = sum(_metric(g.get_text("/metrics"), "dragonfly_dfdaemon_piece_corrupt_total") for g in good)
     assert corrupt >= 1
     # a parent caught once is not used again by that child: at most the pieces it had in
-    # flight from it when the first failed its digest (4); two reports isolate it for all
-    assert corrupt <= 4 * len(good)
+    # flight from it when the first failed its digest (a window, 16); two reports isolate it
+    assert corrupt <= 16 * len(good)
     assert "parent isolated" in sn.logs() or corrupt == 1
 
 
