@@ -48,6 +48,12 @@ def curl(url: str, out: Path) -> float:
     return time.perf_counter() - t0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (and its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def vmhwm(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -152,10 +158,16 @@ def bench_capacity(tmp: Path) -> dict:
     # 256 KiB pieces: 256 pieces, so 1,000 peers need 256,000 assignments
     sn = nodes.supernode("sn", tmp / "sn", logs, "--log-level", "warning", "--piece-size", "256KiB")
     try:
+        cpu0 = cpu_seconds(sn.proc.pid)
         gen = subprocess.run([sys.executable, __file__, "--load-generator", sn.addr, f"http://{o.addr}/f.bin"],
                              capture_output=True, text=True, timeout=3600)
+        cpu = cpu_seconds(sn.proc.pid) - cpu0
         assert gen.returncode == 0, gen.stderr[-2000:]
         http = json.loads(gen.stdout)
+        # the supernode is one process on one core: assignments per second of its CPU time is
+        # its capacity on one core, whatever the load generator and the rest of the machine do
+        http["supernode_cpu_s"] = round(cpu, 2)
+        http["assignments_per_supernode_cpu_s"] = round(http["http_assignments"] / cpu)
     finally:
         sn.stop()
         o.stop()
