@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import os
 
-from models.learned import KIND_NAMES, file_version
+from models.learned import KIND_NAMES, ModelFileError, file_version
 from models.loader import PolicyError, load_piece_selector, load_rate_controller
 
 __all__ = ["PolicyHandle"]
@@ -80,12 +80,13 @@ class PolicyHandle:
             from models.learned import load_learned
 
             loader_kind = self.kind.replace("-", " ")
-            if uri.startswith("file:"):
-                self._file_stat = _stat(uri[len("file:"):])
+            stat = _stat(uri[len("file:"):]) if uri.startswith("file:") else None
             try:
-                return load_learned(uri, self.kind, self.seed, self.tracking_uri, **self.params)
+                loaded = load_learned(uri, self.kind, self.seed, self.tracking_uri, **self.params)
             except ValueError as e:
                 raise PolicyError(f"cannot load {loader_kind} {uri!r}: {e}") from None
+            self._file_stat = stat          # only a file that loaded counts as seen
+            return loaded
         if self.kind == "piece-selector":
             return load_piece_selector(uri, seed=self.seed), ""
         return load_rate_controller(uri, seed=self.seed, **self.params), ""
@@ -94,11 +95,15 @@ class PolicyHandle:
         """The version the URI names now (may raise ValueError)."""
         if self.uri.startswith("file:"):
             path = self.uri[len("file:"):]
-            stat = _stat(path)
-            if stat == self._file_stat:
+            if _stat(path) == self._file_stat:
                 return self.version
-            with open(path, "rb") as f:
-                return file_version(f.read())
+            try:
+                with open(path, "rb") as f:
+                    return file_version(f.read())
+            except FileNotFoundError:
+                raise ModelFileError(f"{path}: no such model file") from None
+            except OSError as e:
+                raise ModelFileError(f"{path}: {e.strerror or e}") from None
         from models.learned import registry
 
         return registry.resolve(self.uri, self.tracking_uri)

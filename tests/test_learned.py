@@ -165,6 +165,42 @@ def test_rate_controller_limit_is_capacity_minus_quantile_and_margin(tmp_path):
         load_rate_controller(f"file:{path}", burst=3)
 
 
+def test_policy_handle_for_heuristics_and_files(tmp_path):
+    from models.deploy import PolicyHandle
+
+    h = PolicyHandle("heuristic:d2", "piece-selector")
+    assert h.version == "" and not h.follows and h.maybe_reload() is None and h.policy.name == "heuristic:d2"
+    r = PolicyHandle("heuristic:static", "rate controller", download_bps=10.0)
+    assert r.kind == "rate-controller" and r.policy.download_bps == 10.0
+    with pytest.raises(PolicyError, match="unknown policy kind"):
+        PolicyHandle("heuristic:d2", "scheduler")
+    path = save_mlp(tmp_path / "m.npz", random_mlp(seed=1))
+    f = PolicyHandle(f"file:{path}", "piece-selector")
+    v1 = f.version
+    assert f.follows and f.maybe_reload() is None
+    save_mlp(path, random_mlp(seed=2))                      # a new file in place: switch
+    assert f.maybe_reload() == f"piece-selector file:{path}: version {v1} -> {f.version}" and f.version != v1
+    path.write_bytes(b"garbage")                            # a broken file: keep, say why once
+    message = f.maybe_reload()
+    assert message.startswith(f"piece-selector file:{path}: keeping version {f.version}: ") and "corrupted" in message
+    assert f.maybe_reload() is None and isinstance(f.policy, LearnedPieceSelector)
+    path.unlink()
+    assert "no such model file" in f.maybe_reload()
+
+
+def test_file_models_load_without_torch_or_mlflow(tmp_path):
+    import subprocess
+    import sys
+
+    path = save_mlp(tmp_path / "m.npz", random_mlp())
+    code = ("import sys; from models.deploy import PolicyHandle; "
+            f"h = PolicyHandle('file:{path}', 'piece-selector'); h.maybe_reload(); "
+            "print(sorted(m for m in ('torch', 'mlflow', 'sklearn', 'pandas') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
 def test_epsilon_selector_explores_and_replays():
     from models.learned.explore import EpsilonSelector
 
@@ -209,8 +245,7 @@ def trained(store, pieces, tmp_path_factory):
     for seed in (0, 1):
         args = ["train", "piece-selector", "--data", str(data), "--epochs", "3", "--seed", str(seed),
                 "--register", "piece-selector", "--out", str(out / f"ps{seed}.npz"), "--json", "-q"]
-        if seed == 0:
-            args += ["--alias", "production"]
+        args += ["--alias", "production"] if seed == 0 else ["--no-baselines"]
         runs.append(args)
     return out, runs
 
@@ -257,6 +292,13 @@ def test_train_register_load_simulate_promote_reload(store, pieces, trained, cap
     assert {"evaluation.json", "dataset.json"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
     mv = client.get_model_version("piece-selector", "1")
     assert mv.tags["dfly.kind"] == "piece-selector"
+    import mlflow.pyfunc
+    import pandas as pd
+
+    served = mlflow.pyfunc.load_model("models:/piece-selector/1")   # the registered pyfunc runs the .npz
+    assert served.metadata.signature.inputs.input_names() == list(FEATURES)
+    x = batch(4).x
+    np.testing.assert_allclose(served.predict(pd.DataFrame(x, columns=list(FEATURES))), mlp.forward(x))
 
     # the loader and a simulation through the alias
     sel = load_piece_selector("models:/piece-selector@production")
@@ -379,6 +421,8 @@ def test_cli_bad_input(tmp_path, pieces, store, capsys):
         (["models", "promote", "nope", "1", "production"], "unknown model 'nope'"),
         (["models", "promote", "piece-selector", "x", "production"], "version must be a number"),
         (["models", "promote", "piece-selector", "1", "v2"], "bad alias"),
+        (["train", "piece-selector", "--data", str(data), "--generate", "0"], "--generate must be >= 1"),
+        (["train", "piece-selector", "--data", one, "--generate", "2"], "exactly one --data DIR"),
     ]
     for args, expect in cases:
         code, _, err = _run(capsys, *args)
