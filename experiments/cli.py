@@ -20,6 +20,7 @@ EXIT_USAGE = 2
 COMMANDS = (
     "experiments.commands.sim",
     "experiments.commands.runtime",
+    "experiments.commands.sweep",
     "experiments.commands.train",
     "experiments.commands.registry",
     "experiments.commands.config_service",
