@@ -62,11 +62,11 @@ class _Folded:
     """An MLP rearranged for the fast pass (float32, as few numpy calls as possible; each costs
     a microsecond or more, so the call count, not the arithmetic, sets the time).
 
-    With L the log1p columns and N the others, A = the first layer's rows / std and
-    c = b0 - (mean / std) @ W0, the first layer is
-    h = x[:, N] @ A[N] + log1p(x[:, L]) @ A[L] + c. For one hidden layer, relu(h) @ w + b
-    = max(h - c, -c) @ w + (b + c @ w), so c goes into the ReLU's threshold, and the output
-    bias rides on one extra hidden unit that is always 1 (a zero column, threshold 1).
+    With L the log1p columns, A = the first layer's rows / std, A' = A with the L rows zeroed
+    and c = b0 - (mean / std) @ W0, the first layer is h = x @ A' + log1p(x[:, L]) @ A[L] + c.
+    For one hidden layer, relu(h) @ w + b = max(h - c, -c) @ w + (b + c @ w), so c goes into
+    the ReLU's threshold, and the output bias rides on one extra hidden unit that is always 1
+    (a zero column, threshold 1).
     `sign` = -1 folds a negation into the last layer (a selector's score). Deeper nets run
     layer by layer.
     """
@@ -91,8 +91,10 @@ class _Folded:
             self.hidden = [(np.ascontiguousarray(w, dtype=f32), b.astype(f32)) for w, b in layers[:-1]]
             self.w_out = (sign * w_last[:, 0]).astype(f32)
             self.b_out = float(sign * b_last[0])
-        self.a_lin = np.ascontiguousarray(w0[self.lin_cols], dtype=f32)
         self.a_log = np.ascontiguousarray(w0[self.log_cols], dtype=f32)
+        w0 = w0.copy()
+        w0[self.log_cols] = 0.0          # the raw log columns multiply zero: no gather of the rest
+        self.a_lin = np.ascontiguousarray(w0, dtype=f32)
         self._zero = f32(0.0)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -101,7 +103,7 @@ class _Folded:
             v = x[:, self.log_cols].astype(np.float32)
             v += 1.0
             np.log(v, out=v)
-            h = x[:, self.lin_cols].astype(np.float32) @ self.a_lin
+            h = x.astype(np.float32) @ self.a_lin
             h += v @ self.a_log
         else:
             h = x.astype(np.float32) @ self.a_lin
