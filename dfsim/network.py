@@ -34,6 +34,7 @@ from __future__ import annotations
 from typing import Callable
 
 from heapq import heappop, heappush
+from operator import attrgetter
 
 import simpy
 from simpy.core import NORMAL
@@ -43,8 +44,7 @@ SHARE_SLACK = 0.02
 BIG_FAN = 50
 
 
-def _by_cap(f: "Flow") -> float:
-    return f.cap
+_by_cap = attrgetter("cap")
 
 
 class Resource:
@@ -210,25 +210,40 @@ class Network:
 
     def _fill(self, down: Resource, now: float) -> None:
         """Water-fill a receiver's downlink among its flows, each up to its sender-side cap."""
-        flows = list(down.flows)
+        flows = down.flows
+        total = 0.0
         for f in flows:
             p = f.path
-            f.cap = p[0].share if len(p) == 2 else min([r.share for r in p if r is not down])
-        flows.sort(key=_by_cap)
+            f.cap = cap = p[0].share if len(p) == 2 else min([r.share for r in p if r is not down])
+            total += cap
+        if total <= down.capacity:
+            # the downlink has room for every cap (the common case: senders are the limit)
+            for f in flows:
+                if f.cap != f.rate or f.version == 0:
+                    self._retime(f, f.cap, now)
+            return
         left = down.capacity
         k = len(flows)
-        for i, f in enumerate(flows):
+        for i, f in enumerate(sorted(flows, key=_by_cap)):
             fair = left / (k - i)
             rate = f.cap if f.cap < fair else fair
             left -= rate
             if rate != f.rate or f.version == 0:
-                self._settle(f, now)
-                f.rate = rate
-                f.version += 1
-                if rate > 0.0:
-                    self._seq += 1
-                    heappush(self._heap, (now + f.remaining / rate, self._seq, f, f.version))
-                    self.timer_updates += 1
+                self._retime(f, rate, now)
+
+    def _retime(self, f: Flow, rate: float, now: float) -> None:
+        """Give a flow a new rate from now on, and its completion time to the heap."""
+        if f.rate:
+            f.remaining -= f.rate * (now - f.t)
+            if f.remaining < 0.0:
+                f.remaining = 0.0
+        f.t = now
+        f.rate = rate
+        f.version += 1
+        if rate > 0.0:
+            self._seq += 1
+            heappush(self._heap, (now + f.remaining / rate, self._seq, f, f.version))
+            self.timer_updates += 1
 
     def _arm(self) -> None:
         """Make sure SimPy wakes us for the earliest pending completion."""

@@ -287,12 +287,13 @@ class Simulation:
         d = self.sched.request(h.peer, now)
         kind = d.kind
         if kind == Decision.ASSIGN:
-            piece_length = self.task.piece_length
+            size, last = self.task.piece_size, self.task.n_pieces - 1
             for a in d.assignments:
                 parent = self.by_peer[a.parent]
                 path, _ = self._path(parent, h)
                 t = Transfer(h, parent, a.piece, a.features, d.candidates)
-                flow = self.net.start(path, piece_length(a.piece), self._piece_done, tag=t)
+                flow = self.net.start(path, size if a.piece != last else self.task.piece_length(last),
+                                      self._piece_done, tag=t)
                 h.downloads[flow] = None
                 parent.uploads[flow] = None
         elif kind == Decision.WAIT:

@@ -113,7 +113,6 @@ class Scheduler:
         self.keep_features = keep_features
         rng = random.Random(seed)
         self._rand = rng.random
-        self._shuffle = rng.shuffle
         # a selector whose score ignores the piece (see `models.interfaces.PieceSelector`) need
         # not be asked to order pairs that all share one parent: it would order them at random
         self._parent_only = bool(getattr(selector, "parent_only", False))
@@ -243,7 +242,10 @@ class Scheduler:
         x = self._features(child, running, pieces, parents) if self.keep_features else None
         if n > 1 and self._parent_only and parents.count(parents[0]) == n:
             order = list(range(n))
-            self._shuffle(order)
+            rand = self._rand
+            for i in range(n - 1, 0, -1):          # Fisher-Yates
+                j = int(rand() * (i + 1))
+                order[i], order[j] = order[j], order[i]
         elif n > 1:
             if x is None:
                 x = self._features(child, running, pieces, parents)
