@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Set up .venv with the project; `./setup.sh test` adds the test tools. Safe to re-run.
+# Set up .venv with the project and its training tools (torch CPU, scikit-learn, MLflow);
+# `./setup.sh test` adds the test tools. Safe to re-run.
 set -euo pipefail
 cd "$(dirname "$0")"
-extras=""
-[ "${1:-}" = test ] && extras="[test]"
+extras="[ml]"
+[ "${1:-}" = test ] && extras="[ml,test]"
 if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null

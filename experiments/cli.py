@@ -21,6 +21,7 @@ COMMANDS = (
     "experiments.commands.sim",
     "experiments.commands.runtime",
     "experiments.commands.sweep",
+    "experiments.commands.demo",
     "experiments.commands.train",
     "experiments.commands.registry",
     "experiments.commands.config_service",
