@@ -25,6 +25,7 @@ COMMANDS = (
     "experiments.commands.train",
     "experiments.commands.registry",
     "experiments.commands.config_service",
+    "experiments.commands.testbed",
 )
 
 __all__ = ["main", "UsageError", "EXIT_USAGE"]
