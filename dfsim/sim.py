@@ -328,8 +328,9 @@ class Simulation:
                            cross, "ok", t.candidates, t.features)
         wake = self.sched.piece_done(child.peer, t.piece, parent.peer, int(flow.size), now - flow.started, now)
         self._count_piece()
-        self._wake(wake)            # the children who waited longest get the freed slot first
-        if self.swarm.is_complete(child.peer):
+        for p in wake:              # the children who waited longest get the freed slot first
+            self._pump(self.by_peer[p])
+        if self.swarm.finished[child.peer] == self.swarm.n_pieces:
             self._host_finished(child)
         else:
             self._pump(child)

@@ -125,12 +125,15 @@ class Scheduler:
         self._waiting: list[tuple[int, int, int]] = []
         self._is_waiting: set[int] = set()
         self._queue_seq = 0
+        self._backoff = [min(config.retry_interval_s * 2 ** k, config.max_backoff_s) for k in range(17)]
 
     # ---- events from the I/O shell: each returns the waiting children to ask again now -----
     def piece_done(self, child: int, piece: int, parent: int, nbytes: int, cost_s: float,
                    now: float) -> list[int]:
         """A verified piece arrived: the parent has a free slot, the child one more piece."""
         self.swarm.finish_transfer(child, piece, parent, nbytes, cost_s, now)
+        if not self._waiting:
+            return []
         return self._wake_for(parent) + self._wake_for(child, piece)
 
     def piece_failed(self, child: int, piece: int, parent: int, *, corrupt: bool = False) -> list[int]:
@@ -203,10 +206,9 @@ class Scheduler:
             self._is_waiting.add(child)
             self._queue_seq += 1
             heappush(self._waiting, (self.swarm.finished[child], self._queue_seq, child))
-        k = min(self._waits.get(child, 0), 16)
+        k = self._waits.get(child, 0)
         self._waits[child] = k + 1
-        cfg = self.config
-        return Decision(Decision.WAIT, retry_after=min(cfg.retry_interval_s * 2 ** k, cfg.max_backoff_s))
+        return Decision(Decision.WAIT, retry_after=self._backoff[min(k, 16)])
 
     def request(self, child: int, now: float) -> Decision:
         """The child has free download slots and asks what to fetch."""
