@@ -116,21 +116,47 @@ class Register:
     digest: str | None
     headers: dict[str, str]
     peer: PeerInfo
+    # the digest alone names the bytes (a registry blob): the task is keyed by it, so the same
+    # blob reached through different URLs (repositories) is one task; sha256 digests only
+    key_by_digest: bool = False
 
 
-def parse_register(obj: object) -> Register:
-    w = "register"
+def _task_fields(obj: object, w: str) -> tuple:
+    """What names a task and how to fetch it: (url, filter, digest, headers, key_by_digest)."""
     url = _get(obj, "url", str, where=w)
     filt = _get(obj, "filter", list, [], w)
     if not all(isinstance(f, str) and len(f) < 256 for f in filt):
-        raise ProtocolError("register: filter must be a list of names")
+        raise ProtocolError(f"{w}: filter must be a list of names")
     headers = _get(obj, "headers", dict, {}, w)
     if len(headers) > 100 or not all(isinstance(k, str) and isinstance(v, str) and len(k) < 256
                                      and len(v) < MAX_STR and "\n" not in k + v and "\r" not in k + v
                                      for k, v in headers.items()):
-        raise ProtocolError("register: headers must map names to one-line strings")
-    return Register(url, tuple(filt), check_digest(_get(obj, "digest", (str, type(None)), None, w)),
-                    dict(headers), parse_peer(_get(obj, "peer", dict, where=w)))
+        raise ProtocolError(f"{w}: headers must map names to one-line strings")
+    digest = check_digest(_get(obj, "digest", (str, type(None)), None, w))
+    by_digest = _get(obj, "key_by_digest", bool, False, w)
+    if by_digest and not (digest or "").startswith("sha256:"):
+        raise ProtocolError(f"{w}: key_by_digest needs a sha256 digest")
+    return url, tuple(filt), digest, dict(headers), by_digest
+
+
+def parse_register(obj: object) -> Register:
+    url, filt, digest, headers, by_digest = _task_fields(obj, "register")
+    return Register(url, filt, digest, headers, parse_peer(_get(obj, "peer", dict, where="register")), by_digest)
+
+
+@dataclass(frozen=True)
+class Preheat:
+    """Warm a task in the supernode's cache without a peer: the seed fetch alone."""
+
+    url: str
+    filter: tuple[str, ...]
+    digest: str | None
+    headers: dict[str, str]
+    key_by_digest: bool = False
+
+
+def parse_preheat(obj: object) -> Preheat:
+    return Preheat(*_task_fields(obj, "preheat"))
 
 
 @dataclass(frozen=True)

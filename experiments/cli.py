@@ -25,6 +25,7 @@ COMMANDS = (
     "experiments.commands.train",
     "experiments.commands.registry",
     "experiments.commands.config_service",
+    "experiments.commands.preheat",
     "experiments.commands.testbed",
 )
 

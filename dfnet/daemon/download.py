@@ -68,6 +68,7 @@ class Request:
     filter: tuple[str, ...] = ()
     back_source: bool = True           # may go to the origin itself when no supernode answers
     limit_bps: float = float("inf")
+    key_by_digest: bool = False        # a registry blob: one task per digest, whatever the URL
 
 
 class PieceFailed(Exception):
@@ -111,9 +112,11 @@ class Download:
     async def _with_supernode(self, addr: str) -> None:
         h = self.host
         while True:
-            reg = await sn.register(h.session, addr, {
-                "url": self.req.url, "filter": list(self.req.filter), "digest": self.req.digest,
-                "headers": self.req.headers, "peer": h.peer_json()})
+            body = {"url": self.req.url, "filter": list(self.req.filter), "digest": self.req.digest,
+                    "headers": self.req.headers, "peer": h.peer_json()}
+            if self.req.key_by_digest:
+                body["key_by_digest"] = True
+            reg = await sn.register(h.session, addr, body)
             self._open(reg.task_id, reg.length, reg.piece_size, reg.token)
             try:
                 await self._sync_loop(addr, reg.task_id, reg.token)

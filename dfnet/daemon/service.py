@@ -294,6 +294,13 @@ class Daemon:
         app.router.add_get("/healthz", lambda r: web.json_response({"ok": True}))
         return app
 
+    def proxy_app(self, registry: str | None, rules: tuple[str, ...] | None = None) -> web.Application:
+        """The registry mirror / HTTP proxy (`dfnet.daemon.mirror`), on a listener of its own.
+
+        Run it beside `local_app()`, whose lifetime opens the session it uses."""
+        from .mirror import DEFAULT_RULES, Mirror
+        return Mirror(self, registry, tuple(rules or DEFAULT_RULES)).app()
+
     async def _lifetime(self, app: web.Application):
         self.session = aiohttp.ClientSession(auto_decompress=False,
                                              connector=aiohttp.TCPConnector(limit=256, limit_per_host=32))

@@ -17,10 +17,20 @@ Rules kept here:
 - A task first fetched with credentials (Authorization, Cookie, ...) is private: every peer
   that registers for it is checked against the origin with its own headers first, so a peer
   without the right credentials never gets the bytes from the cache.
+- A task registered `key_by_digest` (a registry blob) is keyed by its sha256 digest alone, so
+  one blob pulled through several repositories is one task, fetched once; its bytes cannot
+  change, so it is never revalidated (private ones are still checked per peer).
+- A `key_by_digest` task is checked against its digest once fetched (its key is the digest
+  alone, so wrong bytes would poison every repository's pull); if the origin sent other bytes
+  the task fails and its files are removed. Other tasks' digests are checked by the daemons
+  (a wrong `--digest` is the asker's error, exit code 9, and its key names that digest).
+- `POST /v1/preheat` warms a task: the seed fetch alone, no peer; it answers when the task is
+  cached (or failed).
 """
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import math
@@ -35,7 +45,7 @@ from dfnet.core.scheduler import SchedulerConfig
 from dfnet.core.task import Task, TaskError, piece_size_for, task_id
 from dfnet.logs import redact_url
 from dfnet.metrics import Metrics
-from dfnet.protocol import TOKEN_HEADER, ProtocolError, parse_register, parse_sync
+from dfnet.protocol import TOKEN_HEADER, ProtocolError, parse_preheat, parse_register, parse_sync
 from dfnet.source import SourceError, check_url, open_source
 from dfnet.storage import StorageError, TaskFiles, check_task_id, task_ids
 from dfnet.throttle import bucket
@@ -82,6 +92,7 @@ class Supernode:
         m.declare("dragonfly_cdn_upload_bytes_total", "counter", "Piece bytes served to peers.")
         m.declare("dragonfly_cdn_gc_tasks_total", "counter", "Cached tasks removed by GC.")
         m.declare("dragonfly_scheduler_tasks", "gauge", "Tasks known to this supernode.")
+        m.declare("dragonfly_scheduler_preheat_total", "counter", "Tasks warmed by preheat.")
         self._load_cache()
 
     # ---- cache on disk -------------------------------------------------------------------
@@ -117,11 +128,11 @@ class Supernode:
         try:
             reg = parse_register(await _json(request))
             check_url(reg.url)
-            key = task_id(reg.url, reg.filter, tag=reg.digest or "")
+            key = task_key(reg)
         except (ProtocolError, SourceError, TaskError) as e:
             return _error(400, str(e))
         try:
-            t = await self._task_for_register(key, reg.url, reg.headers, reg.digest, reg.filter)
+            t = await self._task_for_register(key, reg.url, reg.headers, reg.digest, reg.filter, reg.key_by_digest)
         except SourceError as e:
             status = 502 if e.kind != "url" else 400
             return _error(status, str(e), origin_status=e.status, kind=e.kind)
@@ -134,7 +145,7 @@ class Supernode:
                                   "piece_size": t.task.piece_size, "token": t.token})
 
     async def _task_for_register(self, key: str, url: str, headers: dict, digest: str | None,
-                                 filt) -> SupernodeTask:
+                                 filt, by_digest: bool = False) -> SupernodeTask:
         lock = self._key_locks.setdefault(key, asyncio.Lock())
         async with lock:
             tid = self.current.get(key)
@@ -148,7 +159,7 @@ class Supernode:
                 if not t.files.complete:          # cached by an earlier run, cut short
                     self._start_fetch(t, url, headers, None)
                     return t
-                if now - t.revalidated < self.revalidate_s:
+                if now - t.revalidated < self.revalidate_s or t.files.meta.get("key_by_digest"):
                     return t
                 files = t.files
                 resp = await open_source(self.session, url, headers, etag=files.meta.get("etag"),
@@ -160,7 +171,7 @@ class Supernode:
                 log.info("source changed: new task version", extra={"fields": {"url": redact_url(url)}})
             else:
                 resp = await open_source(self.session, url, headers)
-            return self._new_version(key, url, headers, digest, resp, filt)
+            return self._new_version(key, url, headers, digest, resp, filt, by_digest)
 
     async def _check_entitled(self, t: SupernodeTask, url: str, headers: dict) -> None:
         """A task fetched with credentials is served only to peers whose own headers the origin
@@ -172,7 +183,8 @@ class Supernode:
         if resp.status != 304 and not _same_version(meta, resp):
             raise SourceError("the origin's file changed; register again", "changed")
 
-    def _new_version(self, key: str, url: str, headers: dict, digest: str | None, resp, filt) -> SupernodeTask:
+    def _new_version(self, key: str, url: str, headers: dict, digest: str | None, resp, filt,
+                     by_digest: bool = False) -> SupernodeTask:
         validator = resp.etag or resp.last_modified or ""
         tid = task_id(url, filt, tag=f"{digest or ''}|{validator}|{resp.length}")
         old = self.tasks.get(self.current.get(key, ""))
@@ -182,7 +194,7 @@ class Supernode:
         files = TaskFiles.create(self.data / "tasks", tid, {
             "key": key, "length": resp.length, "piece_size": piece, "etag": resp.etag,
             "last_modified": resp.last_modified, "token": secrets.token_hex(16), "current": True,
-            "url": redact_url(url), "created": time.time(),
+            "url": redact_url(url), "created": time.time(), "digest": digest, "key_by_digest": by_digest,
             "private": any(h.lower() in CREDENTIAL_HEADERS for h in headers)})
         self.tasks.pop(tid, None)
         t = self._make_task(files)
@@ -203,6 +215,8 @@ class Supernode:
             try:
                 await seed_fetch.fetch(t.files, self.session, url, headers, first, t.validator,
                                        t.piece_cut, lambda n: self.metrics.inc("dragonfly_cdn_back_source_bytes_total", n))
+                if t.files.meta.get("key_by_digest") and not await self._digest_ok(t):
+                    return
                 log.info("task cached", extra={"fields": {"task": t.task.id[:16], "bytes": t.task.length}})
             except SourceError as e:
                 error = str(e)
@@ -216,6 +230,43 @@ class Supernode:
         job = asyncio.get_running_loop().create_task(run())
         self._fetches.add(job)
         job.add_done_callback(self._fetches.discard)
+
+    async def _digest_ok(self, t: SupernodeTask) -> bool:
+        """Check a fetched task against its digest; a mismatch fails it and drops its files."""
+        want = t.files.meta["digest"]
+        algo, hexd = want.split(":", 1)
+        got = await asyncio.to_thread(t.files.file_digest, algo)
+        if got == hexd:
+            return True
+        t.error = f"the origin's content does not match {want} (got {algo}:{got})"
+        log.error("digest mismatch: task dropped", extra={"fields": {"task": t.task.id[:16], "want": want}})
+        if self.current.get(t.key) == t.task.id:
+            del self.current[t.key]
+        t.files.remove()
+        return False
+
+    # ---- preheat -------------------------------------------------------------------------
+    async def preheat(self, request: web.Request) -> web.Response:
+        """Start (or join) the seed fetch of a task and answer once it is cached or failed."""
+        try:
+            pre = parse_preheat(await _json(request))
+            check_url(pre.url)
+            key = task_key(pre)
+        except (ProtocolError, SourceError, TaskError) as e:
+            return _error(400, str(e))
+        try:
+            t = await self._task_for_register(key, pre.url, pre.headers, pre.digest, pre.filter, pre.key_by_digest)
+        except SourceError as e:
+            return _error(502 if e.kind != "url" else 400, str(e), origin_status=e.status, kind=e.kind)
+        except (StorageError, OSError) as e:
+            return _error(507, f"supernode cannot store the task: {e}")
+        while t.fetching:
+            await asyncio.sleep(0.1)
+        if t.error or not t.files.complete:
+            return _error(502, t.error or "the fetch stopped", kind="origin")
+        t.last_activity = time.monotonic()
+        self.metrics.inc("dragonfly_scheduler_preheat_total")
+        return web.json_response({"task_id": t.task.id, "length": t.task.length, "cached": True})
 
     # ---- scheduling ----------------------------------------------------------------------
     async def sync(self, request: web.Request) -> web.Response:
@@ -274,7 +325,7 @@ class Supernode:
 
     def _servable(self, tid: str) -> Servable | None:
         t = self._task_for(tid)
-        return None if t is None else Servable(t.files, {t.token})
+        return None if t is None or t.error else Servable(t.files, {t.token})
 
     # ---- settings from the config service ------------------------------------------------
     def apply_settings(self, version: int, settings: dict) -> None:
@@ -328,6 +379,7 @@ class Supernode:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY)
         app.router.add_post("/v1/register", self.register)
+        app.router.add_post("/v1/preheat", self.preheat)
         app.router.add_post("/v1/tasks/{task}/sync", self.sync)
         app.router.add_post("/v1/tasks/{task}/leave", self.leave)
         app.router.add_get("/v1/tasks/{task}/pieces/{piece}", piece_handler(
@@ -349,6 +401,14 @@ class Supernode:
         await self.session.close()
         for t in self.tasks.values():
             t.files.close()
+
+
+def task_key(req) -> str:
+    """The key a register or preheat request names: its digest alone for a registry blob
+    (`key_by_digest`, sha256 only), else the normalised URL with its filter and digest."""
+    if req.key_by_digest:
+        return hashlib.sha256(f"digest\0{req.digest}".encode()).hexdigest()
+    return task_id(req.url, req.filter, tag=req.digest or "")
 
 
 def _same_version(meta: dict, resp) -> bool:

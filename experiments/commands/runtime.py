@@ -133,8 +133,8 @@ def daemon(args: argparse.Namespace) -> int:
         rates = load_rate_controller(args.rate_policy, seed=0, download_bps=down, upload_bps=up)
     except PolicyError as e:
         raise UsageError(str(e)) from None
-    if args.registry_mirror:
-        raise UsageError("--registry-mirror is not available yet (image distribution is issue 4)")
+    if args.registry_mirror or args.proxy_listen:
+        _proxy_flags(args)
     from dfnet import logs
     logs.setup(args.log_level)
     if not args.supernode and not args.config_service:
@@ -164,14 +164,46 @@ async def _daemon(args, host, port, up_host, up_port, data, rates) -> int:
     except OSError:
         await up_runner.cleanup()
         raise
-    serve.announce(listening=addr, upload=up_addr, peer=node.peer_id)
+    proxy_runner, proxy = None, {}
+    if args.registry_mirror or args.proxy_listen:
+        try:
+            proxy_runner, proxy["proxy"] = await serve.start(node.proxy_app(args.registry_mirror, args.proxy_rule),
+                                                             *_addr(args.proxy_listen or DEFAULT_PROXY, "--proxy-listen"))
+        except OSError:
+            await runner.cleanup()
+            await up_runner.cleanup()
+            raise
+    serve.announce(listening=addr, upload=up_addr, peer=node.peer_id, **proxy)
     try:
         stop = asyncio.create_task(serve.wait_for_signal(node.stop))
         await stop
     finally:
+        if proxy_runner is not None:
+            await proxy_runner.cleanup()
         await runner.cleanup()
         await up_runner.cleanup()
     return 0
+
+
+DEFAULT_PROXY = "127.0.0.1:65002"
+
+
+def _proxy_flags(args: argparse.Namespace) -> None:
+    """--registry-mirror, --proxy-listen and --proxy-rule, checked before anything starts."""
+    import re
+
+    from dfnet.daemon.mirror import check_upstream
+    if args.registry_mirror:
+        try:
+            args.registry_mirror = check_upstream(args.registry_mirror)
+        except ValueError as e:
+            raise UsageError(f"--registry-mirror: {e}") from None
+    _addr(args.proxy_listen or DEFAULT_PROXY, "--proxy-listen")
+    for rule in args.proxy_rule or ():
+        try:
+            re.compile(rule)
+        except re.error as e:
+            raise UsageError(f"--proxy-rule {rule!r}: {e}") from None
 
 
 def add_parser(sub) -> None:
@@ -209,7 +241,12 @@ def add_parser(sub) -> None:
     d.add_argument("--upload-limit", default=None, metavar="RATE")
     d.add_argument("--disk-limit", default=None, metavar="RATE", help="disk write limit")
     d.add_argument("--rate-policy", default="heuristic:static", metavar="URI")
-    d.add_argument("--registry-mirror", default=None, metavar="URL")
+    d.add_argument("--registry-mirror", default=None, metavar="URL",
+                   help="default upstream registry of the mirror/proxy listener (http(s)://HOST[:PORT])")
+    d.add_argument("--proxy-listen", default=None, metavar="ADDR",
+                   help=f"mirror/proxy listener (default {DEFAULT_PROXY} when --registry-mirror is given)")
+    d.add_argument("--proxy-rule", action="append", default=None, metavar="REGEX",
+                   help="URLs whose GETs go P2P (repeatable; default: registry blobs by sha256 digest)")
     d.add_argument("--nic", default=None, help="interface whose counters the rate policy sees")
     d.add_argument("--idle-exit", type=float, default=0.0, metavar="SECONDS",
                    help="exit after this long with no transfer (0: never)")
