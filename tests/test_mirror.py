@@ -19,10 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from dfnet.daemon.mirror import parse_range, source_headers
+from dfnet.oci import OCIError, parse_image_ref, pick_platform
 from tests.live import nodes
 from tests.live import registry as R
 
-pytestmark = pytest.mark.skipif(bool(R.MISSING), reason=f"not installed: {', '.join(R.MISSING)} "
+needs_tools = pytest.mark.skipif(bool(R.MISSING), reason=f"not installed: {', '.join(R.MISSING)} "
                                 "(apt-get install --no-install-recommends docker-registry skopeo)")
 PLAT = "linux/amd64"
 ALICE, BOB = ("alice", "alice-pw-Q7x"), ("bob", "bob-pw-Z9k")
@@ -130,6 +132,7 @@ def _get(url: str, headers=None, method="GET", proxy=None):
         return e.code, e.headers, e.read()
 
 
+@needs_tools
 def test_two_daemons_one_registry_fetch_per_blob(world, nodeset, tmp_path):
     front, image = world["front"], world["image"]
     amd = image["manifests"][PLAT]
@@ -189,6 +192,7 @@ def test_two_daemons_one_registry_fetch_per_blob(world, nodeset, tmp_path):
     assert status == 200 and got == world["blobs"][amd["digest"]]
 
 
+@needs_tools
 def test_preheat_makes_the_first_pull_p2p(world, nodeset, tmp_path):
     front, amd = world["front"], world["image"]["manifests"][PLAT]
     sn = nodeset.supernode()
@@ -213,6 +217,7 @@ def test_preheat_makes_the_first_pull_p2p(world, nodeset, tmp_path):
     assert missing.returncode == 8 and "MANIFEST_UNKNOWN" in missing.stderr, missing.stderr
 
 
+@needs_tools
 def test_auth_registry_credentials_stay_with_their_owner(world, nodeset, tmp_path):
     reg = R.Registry(tmp_path / "authreg", users=dict([ALICE, BOB]))
     try:
@@ -246,6 +251,7 @@ def test_auth_registry_credentials_stay_with_their_owner(world, nodeset, tmp_pat
         reg.stop()
 
 
+@needs_tools
 def test_failures_pass_errors_and_cache_nothing_wrong(world, nodeset, tmp_path):
     image, amd = world["image"], world["image"]["manifests"][PLAT]
     front = R.front(world["registry"].addr, world["logs"], "front-faulty")
@@ -289,3 +295,31 @@ def test_failures_pass_errors_and_cache_nothing_wrong(world, nodeset, tmp_path):
         assert d1.get_json("/healthz")["ok"]
     finally:
         front.stop()
+
+
+def test_ranges_references_and_headers():
+    assert parse_range(None, 100) is None
+    assert parse_range("bytes=10-19", 100) == (10, 19)
+    assert parse_range("bytes=90-", 100) == (90, 99)
+    assert parse_range("bytes=-5", 100) == (95, 99)
+    assert parse_range("bytes=50-500", 100) == (50, 99)
+    assert parse_range("bytes=0-1,5-6", 100) is None          # several: the whole blob
+    assert parse_range("bytes=100-", 100) == "unsatisfiable"
+    assert parse_range("items=1-2", 100) is None
+    ref = parse_image_ref("docker://127.0.0.1:5000/a/b:v1")
+    assert (ref.registry, ref.repo, ref.reference, ref.scheme) == ("127.0.0.1:5000", "a/b", "v1", "http")
+    assert parse_image_ref("docker://reg.example/x").reference == "latest"
+    assert parse_image_ref("docker://reg.example/x").scheme == "https"
+    for bad in ("reg/x:v1", "docker://reg", "docker://reg/UPPER:v1", "docker://reg/x@sha256:12"):
+        with pytest.raises(OCIError):
+            parse_image_ref(bad)
+    index = {"manifests": [{"digest": "a", "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
+                           {"digest": "b", "platform": {"os": "linux", "architecture": "amd64"}}]}
+    assert pick_platform(index, "linux/amd64")["digest"] == "b"
+    assert pick_platform(index, "linux/arm64/v8")["digest"] == "a"
+    with pytest.raises(OCIError, match="linux/amd64, linux/arm64/v8"):
+        pick_platform(index, "windows/amd64")
+    from multidict import CIMultiDict
+    h = source_headers(CIMultiDict([("Accept", "a"), ("accept", "b"), ("Authorization", "x"), ("Range", "bytes=0-1"),
+                                    ("Connection", "keep-alive"), ("X-Dragonfly-Registry", "http://r")]))
+    assert h == {"Accept": "a, b", "Authorization": "x"}

@@ -102,6 +102,12 @@ class Mirror:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if request.method == "CONNECT":
             return _registry_error(405, "UNSUPPORTED", "CONNECT is not supported: use the mirror or plain HTTP")
+        chosen = request.headers.get(REGISTRY_HEADER)
+        if chosen is not None:
+            try:
+                check_upstream(chosen)
+            except ValueError as e:
+                return _registry_error(400, "UNSUPPORTED", f"{REGISTRY_HEADER}: {e}")
         url = self._target(request)
         if url is None:
             return _registry_error(400, "UNSUPPORTED", f"no upstream registry: start the daemon with "
@@ -116,10 +122,7 @@ class Mirror:
         if raw.absolute:
             return str(raw)
         chosen = request.headers.get(REGISTRY_HEADER)
-        try:
-            base = check_upstream(chosen) if chosen else self.upstream
-        except ValueError:
-            return None
+        base = check_upstream(chosen) if chosen else self.upstream     # checked in handle()
         return None if base is None else base + request.raw_path
 
     # ---- pass-through --------------------------------------------------------------------
