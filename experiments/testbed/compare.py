@@ -49,7 +49,7 @@ def figure(path: str | Path, sim_times: list[float], live_times: list[float], ti
     ax.set_ylim(0, 1.02)
     ax.set_xlim(left=0)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left")
     ax.set_title(title, fontsize=10)
     if note:
         fig.text(0.01, 0.005, note, fontsize=7, color="0.35")
