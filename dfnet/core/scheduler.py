@@ -7,21 +7,27 @@ state; a `PieceSelector` (any policy from `models`) scores the candidates.
 Rules kept here, in order, for one request:
 1. Candidate pieces: those the child lacks, nobody is sending it, and some online peer holds;
    the `piece_candidates / 2` rarest of them first.
-2. Candidate parents: up to `parents_per_piece` open holders (online, with a free upload
-   slot) of each of those rarest pieces, drawn at random with a bounded number of tries;
-   then open parents themselves, each offering the rarest and a random one of the needed
-   pieces it holds: a random sample of open peers (a swarm whose uplinks are mostly busy
-   still finds its free ones fast) and the seeds (few, and the parents of last resort when
-   every peer holding a piece is busy, as in Dragonfly 1). So rarest-first and random piece
-   choices both find what they look for. A child woken because a parent freed a slot for it
-   gets that parent's offers as its batch. Filtered before scoring: the child itself, its
-   blocklist, and bad parents while anybody else can serve.
+2. Candidate parents. When more than `open_sample` peers are open: up to
+   `parents_per_piece` open holders (online, with a free upload slot) of each of those
+   rarest pieces, drawn at random with a bounded number of tries; then open parents
+   themselves, each offering the rarest and a random one of the needed pieces it holds: a
+   random sample of open peers and the seeds (few, and the parents of last resort when every
+   peer holding a piece is busy, as in Dragonfly 1). When at most `open_sample` peers are
+   open (a swarm whose uplinks are mostly busy, the common case in a flash crowd): every
+   open peer offers its `piece_candidates / 2` rarest needed pieces and a random one, which
+   contains whatever the holder search would find, for less. So rarest-first and random
+   piece choices both find what they look for. A child woken because a parent freed a slot
+   for it gets that parent's offers as its batch. Filtered before scoring: the child itself,
+   its blocklist, and bad parents while anybody else can serve.
 3. The selector scores the whole batch in one call; the best pairs are assigned greedily,
    one per piece, while the parent has free slots, up to the child's free download slots.
-   The rest of the ranking is kept for `batch_reuse_s`: the child's next free slots take the
-   next pairs still valid (piece still needed, parent open), so a decision is paid once per
-   few pieces, not once per piece. This is how Dragonfly 2 hands a child parents to use for a
-   while, and the answer to Kraken's critique of per-piece coordination.
+   A selector that declares `parent_only` (its score ignores the piece; ties fall at random)
+   is not asked about a batch whose pairs all share one parent: the core orders them at
+   random, which is what the selector would do. The rest of the ranking is kept for
+   `batch_reuse_s`: the child's next free slots take the next pairs still valid (piece still
+   needed, parent open), so a decision is paid once per few pieces, not once per piece. This
+   is how Dragonfly 2 hands a child parents to use for a while, and the answer to Kraken's
+   critique of per-piece coordination.
 4. No candidate: the child waits `retry_interval_s` if a parent exists or will exist (a busy
    parent, a seed still fetching). If nobody holds or produces a piece it needs for
    `retry_limit` tries in a row, it goes back to the source, while fewer than
@@ -33,6 +39,10 @@ Rules kept here, in order, for one request:
    host's finish time depends on the laggards; scarce inter-IDC links depend on locality).
    While others queue, a child that still has pieces in flight joins the queue instead of
    searching.
+
+Speed: a request's candidates are a handful of pairs, so the search runs in plain Python on
+the swarm's bitset view (a numpy call costs about a microsecond however small its array);
+numpy is used where it pays, for the feature matrix handed to the selector.
 """
 from __future__ import annotations
 
