@@ -7,7 +7,7 @@ import time
 from dfnet.core.task import task_id
 from dfnet.storage import TaskFiles
 from dfnet.supernode.service import Supernode
-from models.loader import load_piece_selector
+from models.deploy import PolicyHandle
 
 MiB = 1 << 20
 
@@ -26,7 +26,7 @@ def _cached(root, name: str, size: int, last_used: float) -> str:
 
 
 def _supernode(root, high: int, low: int) -> Supernode:
-    return Supernode(root, lambda seed: load_piece_selector("heuristic:d2", seed=seed), "127.0.0.1:1",
+    return Supernode(root, PolicyHandle("heuristic:d2", "piece-selector"), "127.0.0.1:1",
                      cache_high=high, cache_low=low)
 
 

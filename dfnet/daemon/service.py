@@ -40,7 +40,7 @@ from dfnet.source import SourceError, check_url
 from dfnet.storage import StorageError, TaskFiles
 from dfnet.throttle import bucket, set_rate
 from dfnet.upload import Servable, piece_handler
-from models.interfaces import HostLoad, RateController
+from models.interfaces import HostLoad
 
 from . import nic as nicmod
 from .download import Download, Request, place
@@ -64,17 +64,18 @@ class Job:
 
 class Daemon:
     def __init__(self, data: Path, *, supernodes: list[str] = (), config_service: str | None = None,
-                 idc: str = "", location: str = "", rate_controller: RateController | None = None,
+                 idc: str = "", location: str = "", rate_controller=None,
                  nic: str | None = None, idle_exit_s: float = 0.0, advertise: str | None = None,
-                 rate_policy_uri: str = "heuristic:static", flag_limits: tuple[bool, bool] = (False, False)):
+                 policy_poll_s: float = 30.0, budgets: tuple[float | None, float | None] = (None, None)):
         self.data = Path(data)
         (self.data / "tasks").mkdir(parents=True, exist_ok=True)
         self.static_supernodes = list(supernodes)
         self.config_service = config_service
         self.idc, self.location = idc, location
-        self.rates = rate_controller
-        self.rate_policy_uri = rate_policy_uri
-        self.flag_limits = flag_limits          # host flags win over cluster settings
+        self.rates = rate_controller            # a models.deploy.PolicyHandle (rate controller)
+        self.rate_policy_flag = rate_controller.uri if rate_controller is not None else None
+        self.budgets = budgets                  # --download-limit / --upload-limit: win over the cluster's
+        self.policy_poll_s = policy_poll_s
         self.task_limit = float("inf")
         self.nic = nic or nicmod.default_interface()
         self.idle_exit_s = idle_exit_s
@@ -212,26 +213,41 @@ class Daemon:
         from dfnet.configservice.client import poll_settings
         await poll_settings(self.session, self.config_service, self.apply_settings)
 
-    def apply_settings(self, version: int, settings: dict) -> None:
+    async def apply_settings(self, version: int, settings: dict) -> None:
         """Cluster limits and rate policy, picked up without a restart; host flags win."""
-        rates = self.rates
-        uri = settings.get("rate_policy") or self.rate_policy_uri
-        if rates is not None and uri != self.rate_policy_uri:
-            from models.loader import PolicyError, load_rate_controller
-            try:
-                rates = load_rate_controller(uri, seed=0, download_bps=rates.download_bps, upload_bps=rates.upload_bps)
-                log.info("rate policy changed", extra={"fields": {"from": self.rate_policy_uri, "to": uri}})
-                self.rates, self.rate_policy_uri = rates, uri
-            except PolicyError as e:
-                log.error("cluster rate policy refused; keeping the current one",
-                          extra={"fields": {"policy": uri, "reason": str(e)}})
-        if rates is not None:
-            if not self.flag_limits[0]:
-                rates.download_bps = settings.get("download_limit")
-            if not self.flag_limits[1]:
-                rates.upload_bps = settings.get("upload_limit")
         self.task_limit = float(settings.get("task_limit") or float("inf"))
+        h = self.rates
+        if h is not None:
+            down = self.budgets[0] if self.budgets[0] is not None else settings.get("download_limit")
+            up = self.budgets[1] if self.budgets[1] is not None else settings.get("upload_limit")
+            uri = settings.get("rate_policy") or self.rate_policy_flag
+            if (uri, down, up) != (h.uri, h.params.get("download_bps"), h.params.get("upload_bps")):
+                from models.deploy import PolicyHandle
+                from models.loader import PolicyError
+                loop = asyncio.get_running_loop()
+                try:          # a models:/ URI means registry I/O: off the event loop
+                    new = await loop.run_in_executor(None, lambda: PolicyHandle(
+                        uri, "rate-controller", download_bps=down, upload_bps=up))
+                except PolicyError as e:
+                    log.error("cluster rate policy refused; keeping the current one",
+                              extra={"fields": {"policy": uri, "reason": str(e)}})
+                else:
+                    log.info("rate policy changed", extra={"fields": {
+                        "from": h.uri, "to": uri, "version": new.version, "download_bps": down, "upload_bps": up}})
+                    self.rates = new
         log.info("settings applied", extra={"fields": {"settings_version": version}})
+
+    async def _follow_policy(self) -> None:
+        """Every `policy_poll_s`: a moved registry alias swaps the rate controller."""
+        loop = asyncio.get_running_loop()
+        while self.rates is not None:
+            await asyncio.sleep(self.policy_poll_s)
+            h = self.rates
+            if not h.follows:
+                continue
+            message = await loop.run_in_executor(None, h.maybe_reload)
+            if message:
+                (log.error if h.last_error else log.info)(message, extra={"fields": {"policy": h.uri}})
 
     # ---- rate control --------------------------------------------------------------------
     async def _rate_loop(self) -> None:
@@ -257,7 +273,7 @@ class Daemon:
             recent_tx.append(tx)
             obs = HostLoad(cap, cap, rx, tx, p_rx, p_tx, dt, (), np.array(recent_rx), np.array(recent_tx))
             try:
-                lim = self.rates.limit(obs, now)
+                lim = self.rates.policy.limit(obs, now)
                 set_rate(self.download_bucket, max(lim.download_bps, 1.0))
                 set_rate(self.upload_bucket, max(lim.upload_bps, 1.0))
             except Exception as e:       # a broken policy keeps the last limits, and says so
@@ -305,7 +321,7 @@ class Daemon:
         self.session = aiohttp.ClientSession(auto_decompress=False,
                                              connector=aiohttp.TCPConnector(limit=256, limit_per_host=32))
         loops = [asyncio.get_running_loop().create_task(c)
-                 for c in (self._rate_loop(), self._idle_loop(), self._settings_loop())]
+                 for c in (self._rate_loop(), self._idle_loop(), self._settings_loop(), self._follow_policy())]
         yield
         for job in self.jobs.values():
             job.task.cancel()

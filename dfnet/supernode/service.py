@@ -62,14 +62,14 @@ log = logging.getLogger("dfnet.supernode")
 
 
 class Supernode:
-    def __init__(self, data: Path, selector_factory, advertise: str, *, node_id: str = "",
+    def __init__(self, data: Path, policy, advertise: str, *, node_id: str = "",
                  piece_size: int | None = None, cache_high: int = 50 << 30, cache_low: int = 40 << 30,
                  revalidate_s: float = 30.0, config: SchedulerConfig = SchedulerConfig(),
-                 policy_uri: str = "heuristic:d2"):
+                 policy_poll_s: float = 30.0):
         self.data = Path(data)
         (self.data / "tasks").mkdir(parents=True, exist_ok=True)
-        self.selector_factory = selector_factory      # seed -> PieceSelector
-        self.policy_uri = policy_uri
+        self.policy = policy                      # a models.deploy.PolicyHandle (piece selector)
+        self.policy_poll_s = policy_poll_s
         self.advertise = advertise
         self.node_id = node_id or f"supernode-{advertise}"
         self.piece_size = piece_size
@@ -115,7 +115,7 @@ class Supernode:
     def _make_task(self, files: TaskFiles) -> SupernodeTask:
         meta = files.meta
         task = Task(meta["task_id"], meta.get("url", ""), files.length, files.piece_size)
-        selector = self.selector_factory(len(self.tasks))
+        selector = self.policy.policy
         t = SupernodeTask(meta["key"], task, files, selector, self.config, resolve_upload_slots(selector),
                           meta["token"], self.node_id, self.advertise, seed=len(self.tasks),
                           seed_upload_bps=0.0 if math.isinf(self.upload_bucket.rate) else self.upload_bucket.rate)
@@ -328,23 +328,44 @@ class Supernode:
         return None if t is None or t.error else Servable(t.files, {t.token})
 
     # ---- settings from the config service ------------------------------------------------
-    def apply_settings(self, version: int, settings: dict) -> None:
+    async def apply_settings(self, version: int, settings: dict) -> None:
         """A new cluster `policy` applies to running tasks at once; a bad one changes nothing."""
         uri = settings.get("policy")
-        if not uri or uri == self.policy_uri:
+        if not uri or uri == self.policy.uri:
             return
-        from models.loader import PolicyError, load_piece_selector
-        try:
-            load_piece_selector(uri, seed=0)
+        from models.deploy import PolicyHandle
+        from models.loader import PolicyError
+        loop = asyncio.get_running_loop()
+        try:          # resolving a models:/ URI does registry I/O: off the event loop
+            handle = await loop.run_in_executor(None, lambda: PolicyHandle(uri, "piece-selector"))
         except PolicyError as e:
             log.error("cluster policy refused; keeping the current one", extra={"fields": {
-                "policy": uri, "current": self.policy_uri, "reason": str(e)}})
+                "policy": uri, "current": self.policy.uri, "reason": str(e)}})
             return
-        self.selector_factory = lambda seed: load_piece_selector(uri, seed=seed)
-        for i, t in enumerate(self.tasks.values()):
-            t.scheduler.selector = self.selector_factory(i)
-        log.info("policy changed", extra={"fields": {"from": self.policy_uri, "to": uri, "settings_version": version}})
-        self.policy_uri = uri
+        log.info("policy changed", extra={"fields": {"from": self.policy.uri, "to": uri,
+                                                     "version": handle.version, "settings_version": version}})
+        self.policy = handle
+        self._use_policy()
+
+    async def follow_policy(self) -> None:
+        """Every `policy_poll_s`: a moved registry alias swaps the selector of every task."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.policy_poll_s)
+            handle = self.policy
+            if not handle.follows:
+                continue
+            message = await loop.run_in_executor(None, handle.maybe_reload)
+            if message and handle is self.policy:
+                if handle.last_error:
+                    log.error(message, extra={"fields": {"policy": handle.uri}})
+                else:
+                    log.info(message, extra={"fields": {"policy": handle.uri, "version": handle.version}})
+                    self._use_policy()
+
+    def _use_policy(self) -> None:
+        for t in self.tasks.values():
+            t.scheduler.selector = self.policy.policy
 
     # ---- GC ------------------------------------------------------------------------------
     def _gc(self) -> None:
@@ -393,11 +414,13 @@ class Supernode:
     async def _lifetime(self, app: web.Application):
         self.session = aiohttp.ClientSession(auto_decompress=False)
         gc = asyncio.get_running_loop().create_task(self._gc_loop())
+        follow = asyncio.get_running_loop().create_task(self.follow_policy())
         yield
         gc.cancel()
+        follow.cancel()
         for job in list(self._fetches):
             job.cancel()
-        await asyncio.gather(gc, *self._fetches, return_exceptions=True)
+        await asyncio.gather(gc, follow, *self._fetches, return_exceptions=True)
         await self.session.close()
         for t in self.tasks.values():
             t.files.close()

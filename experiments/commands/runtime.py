@@ -43,20 +43,28 @@ def _data_dir(text: str, flag: str = "--data") -> Path:
     return path
 
 
-def _selector_factory(uri: str):
-    from models.loader import PolicyError, load_piece_selector
+def _policy(uri: str, kind: str, **params):
+    """The node's policy handle; a policy that cannot load stops the node from starting."""
+    from models.deploy import PolicyHandle
+    from models.loader import PolicyError
     try:
-        load_piece_selector(uri, seed=0)
+        return PolicyHandle(uri, kind, seed=0, **params)
     except PolicyError as e:
         raise UsageError(str(e)) from None
-    return lambda seed: load_piece_selector(uri, seed=seed)
+
+
+def _poll(value: float, flag: str) -> float:
+    if not value > 0:
+        raise UsageError(f"{flag} must be > 0 seconds")
+    return value
 
 
 # ---- supernode ---------------------------------------------------------------------------
 def supernode(args: argparse.Namespace) -> int:
     host, port = _addr(args.listen, "--listen")
     data = _data_dir(args.data)
-    factory = _selector_factory(args.policy)
+    _poll(args.policy_poll_s, "--policy-poll-s")
+    factory = _policy(args.policy, "piece-selector")
     from dfnet.core.units import parse_size
     piece = None
     if args.piece_size:
@@ -89,7 +97,7 @@ async def _supernode(args, host, port, data, factory, piece, cache, upload) -> i
     from dfnet.throttle import set_rate
 
     node = Supernode(data, factory, advertise="", piece_size=piece, cache_high=cache[0], cache_low=cache[1],
-                     revalidate_s=args.revalidate_s, policy_uri=args.policy,
+                     revalidate_s=args.revalidate_s, policy_poll_s=args.policy_poll_s,
                      config=SchedulerConfig(concurrent_pieces=args.concurrent_pieces))
     if upload:
         set_rate(node.upload_bucket, upload)
@@ -106,6 +114,9 @@ async def _supernode(args, host, port, data, factory, piece, cache, upload) -> i
         background = [asyncio.create_task(SupernodeHeartbeat(session, args.config_service, info,
                                                              load=lambda: len(node.tasks)).run()),
                       asyncio.create_task(poll_settings(session, args.config_service, node.apply_settings))]
+    import logging
+    logging.getLogger("dfnet.supernode").info("piece selector", extra={"fields": {
+        "policy": factory.uri, "version": factory.version}})
     serve.announce(listening=addr, id=node.node_id)
     try:
         await serve.wait_for_signal()
@@ -128,11 +139,8 @@ def daemon(args: argparse.Namespace) -> int:
     data = _data_dir(args.data)
     down = _rate(args.download_limit, "--download-limit")
     up = _rate(args.upload_limit, "--upload-limit")
-    from models.loader import PolicyError, load_rate_controller
-    try:
-        rates = load_rate_controller(args.rate_policy, seed=0, download_bps=down, upload_bps=up)
-    except PolicyError as e:
-        raise UsageError(str(e)) from None
+    _poll(args.policy_poll_s, "--policy-poll-s")
+    rates = _policy(args.rate_policy, "rate-controller", download_bps=down, upload_bps=up)
     if args.registry_mirror or args.proxy_listen:
         _proxy_flags(args)
     from dfnet import logs
@@ -150,8 +158,8 @@ async def _daemon(args, host, port, up_host, up_port, data, rates) -> int:
 
     node = Daemon(data, supernodes=args.supernode, config_service=args.config_service, idc=args.idc,
                   location=args.location, rate_controller=rates, nic=args.nic, idle_exit_s=args.idle_exit,
-                  rate_policy_uri=args.rate_policy, flag_limits=(args.download_limit is not None,
-                                                                 args.upload_limit is not None))
+                  policy_poll_s=args.policy_poll_s, budgets=(_rate(args.download_limit, "--download-limit"),
+                                                             _rate(args.upload_limit, "--upload-limit")))
     if args.disk_limit:
         from dfnet.throttle import set_rate
         set_rate(node.disk_bucket, _rate(args.disk_limit, "--disk-limit"))
@@ -213,6 +221,8 @@ def add_parser(sub) -> None:
     sn.add_argument("--data", default=os.path.expanduser("~/.dfly/supernode"), metavar="DIR")
     sn.add_argument("--policy", default="heuristic:d2", metavar="URI",
                     help="piece selector (default heuristic:d2); the config service's 'policy' setting overrides it")
+    sn.add_argument("--policy-poll-s", type=float, default=30.0, metavar="SECONDS",
+                    help="how often a models:/NAME@ALIAS policy is checked for a moved alias (default 30)")
     sn.add_argument("--config-service", default=None, metavar="URL")
     sn.add_argument("--id", default=None, help="node id (default supernode-ADDR)")
     sn.add_argument("--idc", default="")
@@ -241,6 +251,8 @@ def add_parser(sub) -> None:
     d.add_argument("--upload-limit", default=None, metavar="RATE")
     d.add_argument("--disk-limit", default=None, metavar="RATE", help="disk write limit")
     d.add_argument("--rate-policy", default="heuristic:static", metavar="URI")
+    d.add_argument("--policy-poll-s", type=float, default=30.0, metavar="SECONDS",
+                   help="how often a models:/NAME@ALIAS rate policy is checked for a moved alias (default 30)")
     d.add_argument("--registry-mirror", default=None, metavar="URL",
                    help="default upstream registry of the mirror/proxy listener (http(s)://HOST[:PORT])")
     d.add_argument("--proxy-listen", default=None, metavar="ADDR",

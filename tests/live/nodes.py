@@ -104,3 +104,9 @@ def dfget(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 def dfget_start(*args: str) -> subprocess.Popen:
     return subprocess.Popen([PY, "-m", "dfnet.dfget", *args], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
+
+
+def subprocess_run(cmd: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
+    """A one-shot command from the repo root (refusals, usage errors)."""
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
