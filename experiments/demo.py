@@ -128,7 +128,7 @@ class Demo:
         (files / "payload.bin").write_bytes(data)
         sha = hashlib.sha256(data).hexdigest()
         try:
-            origin = self.start([PY, "-m", "experiments.testbed.origin", str(files), "--listen", "127.0.0.1:0"], "origin")
+            origin = self.start([PY, "-m", "experiments.origin", str(files), "--listen", "127.0.0.1:0"], "origin")
             sn = self.start([PY, "-m", "experiments.cli", "supernode", "--listen", "127.0.0.1:0",
                              "--data", str(self.root / "supernode"), "--policy", "models:/piece-selector@production",
                              "--upload-limit", "32M"], "supernode")

@@ -170,7 +170,7 @@ class Testbed:
         plan, logs = self.plan, self.dir / "logs"
         t = time.monotonic()
         origin = NodeProcess("origin", f"{self.tag}-o",
-                             ["-m", "experiments.testbed.origin", str(self.dir / "files"),
+                             ["-m", "experiments.origin", str(self.dir / "files"),
                               "--listen", f"{plan.origin.ip}:{ORIGIN_PORT}"], logs)
         self.nodes.append(origin)
         self.origin = origin

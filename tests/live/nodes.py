@@ -83,7 +83,7 @@ class Node:
 
 
 def origin(root: Path, log_dir: Path) -> Node:
-    return Node("origin", [PY, "-m", "tests.live.origin", str(root)], log_dir)
+    return Node("origin", [PY, "-m", "experiments.origin", str(root)], log_dir)
 
 
 def supernode(name: str, data: Path, log_dir: Path, *extra: str) -> Node:

@@ -1,11 +1,13 @@
-"""A real HTTP origin for the live tests: files from a folder, with a byte counter.
+"""A real HTTP origin: files from a folder, with a byte counter. Used by the live tests, the
+testbed (inside the origin's namespace) and `dfly demo`.
 
-    python -m tests.live.origin DIR [--listen 127.0.0.1:0]
+    python -m experiments.origin DIR [--listen 127.0.0.1:0]
 
 Serves `GET /FILE` with Range (206), ETag and Last-Modified (304 on If-None-Match /
 If-Modified-Since), and `GET /_stats` -> {"bytes_sent", "requests": [{"path", "headers"}]}.
 Fault switches, set with `POST /_faults` {"cut_after": N}: the next response is cut after N
-bytes (a dropped connection). Prints {"listening": "HOST:PORT"} once it listens.
+bytes (a dropped connection). Prints {"listening": "HOST:PORT"} once it listens; SIGTERM stops
+it. Body bytes are counted as they are written, so a cut connection counts what went.
 """
 from __future__ import annotations
 
@@ -13,8 +15,8 @@ import argparse
 import asyncio
 import hashlib
 import json
-import os
 import re
+import signal
 from email.utils import formatdate
 from pathlib import Path
 
@@ -91,7 +93,7 @@ def make_app(root: Path) -> web.Application:
 
 
 async def main() -> None:
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(prog="python -m experiments.origin")
     p.add_argument("root")
     p.add_argument("--listen", default="127.0.0.1:0")
     a = p.parse_args()
@@ -102,9 +104,13 @@ async def main() -> None:
     await site.start()
     h, p_ = site._server.sockets[0].getsockname()[:2]
     print(json.dumps({"listening": f"{h}:{p_}"}), flush=True)
-    await asyncio.Event().wait()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     asyncio.run(main())
