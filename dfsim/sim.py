@@ -78,6 +78,15 @@ class Transfer:
     candidates: int
 
 
+
+def slot_width(spec, host_downloads: list[float]) -> float:
+    """The scheduler's upload-slot width: the scenario's `min_upload_rate`, else the mean host
+    download over `concurrent_pieces` (a parent whose slots are all busy has a full uplink and
+    no child waits on a trickle). The testbed gives live supernodes the same width."""
+    if spec.min_upload_bps:
+        return spec.min_upload_bps
+    return float(np.mean(host_downloads)) / spec.concurrent_pieces if host_downloads else 0.0
+
 class Simulation:
     def __init__(self, scenario: Scenario, selector: PieceSelector, rate_controller: RateController,
                  seed: int | None = None, trace_path: str | None = None, progress: bool = False):
@@ -243,8 +252,7 @@ class Simulation:
         s = sc.scheduler
         # an upload slot is as wide as a typical child's per-piece download share, so a parent
         # with all slots busy has its uplink full and no child waits on a trickle
-        slot_bps = s.min_upload_bps or (float(np.mean([h.download_bps for h in self.hosts]))
-                                        / s.concurrent_pieces if self.hosts else 0.0)
+        slot_bps = slot_width(s, [h.download_bps for h in self.hosts])
         self.swarm = Swarm(self.task, s.upload_slots or slots, s.seed_upload_slots or seed_slots,
                            min_upload_bps=slot_bps, capacity=len(self.hosts) + len(self.supernodes) + 1)
         self.sched = Scheduler(self.swarm, self.selector,

@@ -65,11 +65,12 @@ class Supernode:
     def __init__(self, data: Path, policy, advertise: str, *, node_id: str = "",
                  piece_size: int | None = None, cache_high: int = 50 << 30, cache_low: int = 40 << 30,
                  revalidate_s: float = 30.0, config: SchedulerConfig = SchedulerConfig(),
-                 policy_poll_s: float = 30.0):
+                 policy_poll_s: float = 30.0, min_upload_bps: float | None = None):
         self.data = Path(data)
         (self.data / "tasks").mkdir(parents=True, exist_ok=True)
         self.policy = policy                      # a models.deploy.PolicyHandle (piece selector)
         self.policy_poll_s = policy_poll_s
+        self.min_upload_bps = min_upload_bps
         self.advertise = advertise
         self.node_id = node_id or f"supernode-{advertise}"
         self.piece_size = piece_size
@@ -118,7 +119,8 @@ class Supernode:
         selector = self.policy.policy
         t = SupernodeTask(meta["key"], task, files, selector, self.config, resolve_upload_slots(selector),
                           meta["token"], self.node_id, self.advertise, seed=len(self.tasks),
-                          seed_upload_bps=0.0 if math.isinf(self.upload_bucket.rate) else self.upload_bucket.rate)
+                          seed_upload_bps=0.0 if math.isinf(self.upload_bucket.rate) else self.upload_bucket.rate,
+                          **({"min_upload_bps": self.min_upload_bps} if self.min_upload_bps else {}))
         self.tasks[task.id] = t
         self.metrics.set("dragonfly_scheduler_tasks", len(self.tasks))
         return t

@@ -33,6 +33,7 @@ PARENT_FAILURES = 3
 CORRUPT_REPORTERS = 2
 # a slot is worth serving only if it gets at least this much of an uplink: a rate-limited
 # seed gets ceil(limit / this) slots, so peers serve each other instead of queueing on it
+# (`dfly supernode --min-upload-rate`; the testbed passes the simulator's width)
 MIN_UPLOAD_BPS = 4 << 20
 log = logging.getLogger("dfnet.supernode")
 SOURCE = "source"            # the parent id a peer names for pieces it fetched from the origin
@@ -41,12 +42,13 @@ SOURCE = "source"            # the parent id a peer names for pieces it fetched 
 class SupernodeTask:
     def __init__(self, key: str, task: Task, files: TaskFiles, selector: PieceSelector,
                  config: SchedulerConfig, slots: tuple[int, int], token: str, seed_id: str,
-                 seed_addr: str, seed: int = 0, seed_upload_bps: float = 0.0):
+                 seed_addr: str, seed: int = 0, seed_upload_bps: float = 0.0,
+                 min_upload_bps: float = MIN_UPLOAD_BPS):
         self.key = key
         self.task = task
         self.files = files
         self.token = token
-        self.swarm = Swarm(task, slots[0], slots[1], min_upload_bps=MIN_UPLOAD_BPS)
+        self.swarm = Swarm(task, slots[0], slots[1], min_upload_bps=min_upload_bps)
         self.scheduler = Scheduler(self.swarm, selector, config, seed=seed)
         self.seed = self.swarm.add_peer(seed_id, is_seed=True, upload_bps=seed_upload_bps)
         self.ids: list[str] = [seed_id]

@@ -98,6 +98,7 @@ async def _supernode(args, host, port, data, factory, piece, cache, upload) -> i
 
     node = Supernode(data, factory, advertise="", piece_size=piece, cache_high=cache[0], cache_low=cache[1],
                      revalidate_s=args.revalidate_s, policy_poll_s=args.policy_poll_s,
+                     min_upload_bps=_rate(args.min_upload_rate, "--min-upload-rate"),
                      config=SchedulerConfig(concurrent_pieces=args.concurrent_pieces))
     if upload:
         set_rate(node.upload_bucket, upload)
@@ -229,6 +230,8 @@ def add_parser(sub) -> None:
     sn.add_argument("--location", default="")
     sn.add_argument("--piece-size", default=None, metavar="SIZE", help="override Dragonfly 1's piece-size rule")
     sn.add_argument("--upload-limit", default=None, metavar="RATE")
+    sn.add_argument("--min-upload-rate", default=None, metavar="RATE",
+                    help="upload slot width: a rate-limited peer gets ceil(limit / this) slots (default 4MiB/s)")
     sn.add_argument("--concurrent-pieces", type=int, default=16, metavar="N",
                     help="pieces in flight per peer (default 16: one sync assigns a batch)")
     sn.add_argument("--cache-high", default="50GiB", metavar="SIZE", help="GC starts above this (default 50GiB)")

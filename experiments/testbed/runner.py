@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dfsim.sim import slot_width
 from experiments.testbed import clients, netns
 from experiments.testbed.plan import Endpoint, Plan
 from experiments.testbed.procs import NodeProcess
@@ -180,7 +181,8 @@ class Testbed:
                 argv = ["-m", "experiments.cli", "supernode", "--listen", f"{s.ip}:{SUPERNODE_PORT}",
                         "--data", str(self.dir / s.name), "--policy", self.policy,
                         "--upload-limit", str(int(s.upload_bps)),
-                        "--concurrent-pieces", str(sc.scheduler.concurrent_pieces), "--log-level", self.node_log_level]
+                        "--concurrent-pieces", str(sc.scheduler.concurrent_pieces), "--log-level", self.node_log_level,
+                        "--min-upload-rate", str(int(slot_width(sc.scheduler, [h.download_bps for h in plan.hosts])))]
                 if sc.file.piece_size:
                     argv += ["--piece-size", str(sc.file.piece_size)]
                 if s.idc:
