@@ -135,7 +135,7 @@ def test_there_are_scenario_files():
 def test_every_scenario_file_loads(path):
     text = path.read_text()
     assert text.startswith("#"), "each scenario opens with a comment saying what it reproduces"
-    assert "ANCHORS" in text.split("\nname")[0], "the header names where its numbers come from"
+    assert "Numbers:" in text.split("\nname")[0], "the header names where its numbers come from"
     scenario = load_scenario(path)
     assert isinstance(scenario, Scenario)
     assert scenario.n_hosts >= 1 and scenario.file.size > 0 and scenario.source.upload_bps > 0
