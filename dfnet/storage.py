@@ -16,6 +16,7 @@ Rules kept here:
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -213,12 +214,11 @@ class PieceWriter:
     async def _flush(self) -> None:
         if not self._buf:
             return
-        import asyncio
-        data, self._buf = bytes(self._buf), bytearray()
+        data, self._buf = self._buf, bytearray()       # handed over, not copied
         await asyncio.to_thread(self._write, data, self.offset + self.written)
         self.written += len(data)
 
-    def _write(self, data: bytes, offset: int) -> None:
+    def _write(self, data: bytearray, offset: int) -> None:
         self.files.write(offset, data)
         self._hash.update(data)
 
