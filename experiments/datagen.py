@@ -89,6 +89,82 @@ def draw_scenario(rng: np.random.Generator, index: int, max_hosts: int = 120) ->
     return data
 
 
+# ---- the heterogeneous multi-IDC family (issue 5's evaluation) ---------------------------------
+# Held-out evaluation draws seeds below TRAIN_SEED_BASE; training data only seeds at or above it,
+# so no evaluated scenario (structure, NIC draws, arrivals) is ever seen in training.
+TRAIN_SEED_BASE = 100_000
+FAMILY_KINDS = ("hetero", "homog")
+HETERO_MIXES = (
+    {"100Mbps": 0.5, "1Gbps": 0.4, "10Gbps": 0.1},
+    {"100Mbps": 0.7, "1Gbps": 0.2, "10Gbps": 0.1},
+    {"100Mbps": 0.3, "1Gbps": 0.6, "10Gbps": 0.1},
+    {"100Mbps": 0.6, "1Gbps": 0.4},
+    {"200Mbps": 0.5, "2Gbps": 0.4, "10Gbps": 0.1},
+)
+FAMILY_IDCS = ("hz", "sg", "fra", "iad")
+
+
+def family_scenario(kind: str, seed: int, hosts: tuple[int, int] = (100, 240),
+                    sizes_mb: tuple[int, ...] = (200, 300, 500)) -> dict:
+    """One member of the evaluation family, as raw scenario data; structure and draws follow `seed`.
+
+    `hetero`: 2 to 4 IDCs joined by scarce links (300 Mbps..1 Gbps each way), one seed
+    (supernode) in the origin's IDC and sometimes a second one elsewhere, hosts with NIC mixes
+    from 100 Mbps to 10 Gbps (one NIC each way), business background traffic on some groups,
+    arrivals at once or spread over up to 20 s. `homog`: one IDC, one seed, every host the same
+    NIC (100 Mbps or 1 Gbps), no background. Both: 4 MiB pieces, 4 pieces in flight, every
+    policy's own upload slots, a 25 Mbps slot width, runs of seconds to a minute.
+    """
+    if kind not in FAMILY_KINDS:
+        raise ValueError(f"unknown family kind {kind!r}; known: {', '.join(FAMILY_KINDS)}")
+    rng = np.random.default_rng([seed, 0xFA31, FAMILY_KINDS.index(kind)])
+    size = int(rng.choice(sizes_mb))
+    total = int(rng.integers(hosts[0], hosts[1] + 1))
+    n_idcs = int(rng.choice([2, 3, 4], p=[0.3, 0.45, 0.25])) if kind == "hetero" else 1
+    idcs = list(FAMILY_IDCS[:n_idcs])
+    data: dict = {
+        "name": f"{kind}-{seed}",
+        "file": {"size": f"{size}MB", "piece_size": "4MiB"},
+        "source": {"upload": str(rng.choice(["5Gbps", "10Gbps", "15Gbps"])), "idc": idcs[0]},
+        "run": {"mode": "p2p", "seed": int(seed), "max_sim_s": 3600},
+        "idcs": [{"name": n} for n in idcs],
+        "links": [],
+        "supernodes": [{"count": 1, "upload": str(rng.choice(["2Gbps", "5Gbps", "10Gbps"])),
+                        "download": "10Gbps", "idc": idcs[0], "location": f"earth|{idcs[0]}|dc0"}],
+        "hosts": [],
+        "scheduler": {"concurrent_pieces": 4, "min_upload_rate": "25Mbps"},
+    }
+    if kind == "homog":
+        nic = str(rng.choice(["100Mbps", "1Gbps"]))
+        if rng.random() < 0.5:
+            data["run"]["arrival"] = {"uniform_s": float(rng.choice([5, 10, 20]))}
+        data["hosts"].append({"count": total, "idc": idcs[0], "location": f"earth|{idcs[0]}|dc0|r1",
+                              "download": nic})
+        return data
+    if rng.random() < 0.5:
+        data["run"]["arrival"] = {"uniform_s": float(rng.choice([5, 10, 20]))}
+    for i in range(n_idcs):
+        for j in range(i + 1, n_idcs):
+            data["links"].append({"between": [idcs[i], idcs[j]],
+                                  "capacity": str(rng.choice(["300Mbps", "500Mbps", "1Gbps"]))})
+    if rng.random() < 0.4:
+        k = int(rng.integers(1, n_idcs))
+        data["supernodes"].append({"count": 1, "upload": str(rng.choice(["1Gbps", "2Gbps"])),
+                                   "download": "10Gbps", "idc": idcs[k], "location": f"earth|{idcs[k]}|dc{k}"})
+    shares = rng.dirichlet(np.full(n_idcs, 2.0))
+    counts = np.maximum(8, np.round(shares * total)).astype(int)
+    for k, (idc, count) in enumerate(zip(idcs, counts)):
+        mix = HETERO_MIXES[int(rng.integers(len(HETERO_MIXES)))]
+        host = {"count": int(count), "idc": idc, "location": f"earth|{idc}|dc{k}|r{int(rng.integers(1, 9))}",
+                "download": dict(mix), "upload": dict(mix)}
+        if rng.random() < 0.4:
+            peak = float(rng.choice([20, 40, 80]))
+            host["background"] = {"mean": f"{peak / 4:g}Mbps", "peak": f"{peak:g}Mbps",
+                                  "on_s": float(rng.choice([2, 5, 10])), "off_s": float(rng.choice([10, 20, 40]))}
+        data["hosts"].append(host)
+    return data
+
+
 def run_one(job: dict) -> dict:
     """Simulate one drawn scenario with its exploring policy and write its trace."""
     from dfsim.scenario import parse_scenario
@@ -146,8 +222,50 @@ def generate_pieces(out: str | Path, scenarios: int = 12, seed: int = 0, max_hos
     return manifest
 
 
+def generate_family(out: str | Path, hetero: int = 24, homog: int = 6, seed: int = 0, epsilon: float = 0.3,
+                    workers: int = 1, policies: tuple[str, ...] = POLICIES, hosts: tuple[int, int] = (100, 240),
+                    log=print) -> dict:
+    """Training traces from the evaluation family (`family_scenario`), seeds from TRAIN_SEED_BASE up
+    (`seed` picks a disjoint block of 10,000), each run with a drawn hand-written policy (or a
+    `file:` model) wrapped in `EpsilonSelector`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, 0xFA4])
+    jobs = []
+    base = TRAIN_SEED_BASE + 10_000 * seed
+    for kind, n in (("hetero", hetero), ("homog", homog)):
+        for i in range(n):
+            sc = family_scenario(kind, base + i, hosts=hosts)
+            sc["name"] = f"train-{kind}-{base + i}"
+            jobs.append({"scenario": sc, "policy": policies[int(rng.integers(len(policies)))],
+                         "epsilon": float(epsilon), "trace": str(out / f"{sc['name']}.parquet")})
+    t0 = time.perf_counter()
+    results = []
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            for r in pool.map(run_one, jobs):
+                results.append(r)
+                log(f"{r['name']}: {r['hosts']} hosts, {r['policy']}, {r['rows']} rows, {r['wall_s']} s")
+    else:
+        for job in jobs:
+            r = run_one(job)
+            results.append(r)
+            log(f"{r['name']}: {r['hosts']} hosts, {r['policy']}, {r['rows']} rows, {r['wall_s']} s")
+    from dfsim.trace import TRACE_SCHEMA_VERSION
+    from models.interfaces import FEATURE_SCHEMA_VERSION
+
+    manifest = _manifest("piece-transfer traces, heterogeneous multi-IDC family (training seeds)",
+                         f"python -m experiments.datagen family --out {out} --hetero {hetero} --homog {homog} "
+                         f"--seed {seed} --epsilon {epsilon} --policies {','.join(policies)}", seed,
+                         {"trace_schema_version": TRACE_SCHEMA_VERSION,
+                          "feature_schema_version": FEATURE_SCHEMA_VERSION},
+                         results, time.perf_counter() - t0)
+    _write_card(out, manifest)
+    return manifest
+
+
 def generate_traffic(out: str | Path, files: int = 6, hosts: int = 20, intervals: int = 1800, seed: int = 0,
-                     log=print) -> dict:
+                     log=print, style: str = "onoff") -> dict:
     from models.learned.traffic import TRAFFIC_SCHEMA_VERSION, write_traffic
 
     out = Path(out)
@@ -157,13 +275,14 @@ def generate_traffic(out: str | Path, files: int = 6, hosts: int = 20, intervals
     for i in range(files):
         s = seed * 1000 + i
         path = out / f"traffic-s{s}.parquet"
-        rows = write_traffic(path, s, hosts, intervals, name=f"traffic-s{s}")
+        rows = write_traffic(path, s, hosts, intervals, name=f"traffic-s{s}", style=style)
         results.append({"name": f"traffic-s{s}", "seed": s, "trace": str(path), "rows": rows,
                         "hosts": hosts, "intervals": intervals})
         log(f"{path}: {rows} rows")
     manifest = _manifest("synthetic business-traffic traces", "python -m experiments.datagen traffic "
-                         f"--out {out} --files {files} --hosts {hosts} --intervals {intervals} --seed {seed}",
-                         seed, {"traffic_schema_version": TRAFFIC_SCHEMA_VERSION}, results,
+                         f"--out {out} --files {files} --hosts {hosts} --intervals {intervals} --seed {seed} "
+                         f"--style {style}",
+                         seed, {"traffic_schema_version": TRAFFIC_SCHEMA_VERSION, "traffic_style": style}, results,
                          time.perf_counter() - t0)
     _write_card(out, manifest)
     return manifest
@@ -205,22 +324,39 @@ def main(argv: list[str] | None = None) -> int:
     pc.add_argument("--max-hosts", type=int, default=120)
     pc.add_argument("--epsilon", type=float, default=0.2)
     pc.add_argument("--workers", type=int, default=1)
+    fa = sub.add_parser("family", help="the heterogeneous multi-IDC evaluation family, training seeds only")
+    fa.add_argument("--out", required=True)
+    fa.add_argument("--hetero", type=int, default=24)
+    fa.add_argument("--homog", type=int, default=6)
+    fa.add_argument("--seed", type=int, default=0)
+    fa.add_argument("--epsilon", type=float, default=0.3)
+    fa.add_argument("--workers", type=int, default=1)
+    fa.add_argument("--policies", default=",".join(POLICIES),
+                    help="comma-separated selector URIs drawn per scenario (file: models too)")
     tr = sub.add_parser("traffic", help="synthetic business-traffic traces")
     tr.add_argument("--out", required=True)
     tr.add_argument("--files", type=int, default=6)
     tr.add_argument("--hosts", type=int, default=20)
     tr.add_argument("--intervals", type=int, default=1800)
     tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--style", choices=("onoff", "bursty"), default="onoff",
+                    help="onoff: exponential on/off bursts; bursty: heavy-tailed on/off sources, drifting "
+                         "diurnal level, spikes")
     a = p.parse_args(argv)
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
     if a.what == "pieces":
         if a.scenarios < 1 or a.max_hosts < 4 or not 0 <= a.epsilon <= 1:
             p.error("--scenarios >= 1, --max-hosts >= 4 and --epsilon in 0..1")
         m = generate_pieces(a.out, a.scenarios, a.seed, a.max_hosts, a.epsilon, a.workers, log)
+    elif a.what == "family":
+        if a.hetero < 0 or a.homog < 0 or a.hetero + a.homog < 1 or not 0 <= a.epsilon <= 1:
+            p.error("--hetero/--homog >= 0 (one at least) and --epsilon in 0..1")
+        m = generate_family(a.out, a.hetero, a.homog, a.seed, a.epsilon, a.workers,
+                            tuple(x for x in a.policies.split(",") if x), log=log)
     else:
         if a.files < 1 or a.hosts < 1 or a.intervals < 32:
             p.error("--files >= 1, --hosts >= 1 and --intervals >= 32")
-        m = generate_traffic(a.out, a.files, a.hosts, a.intervals, a.seed, log)
+        m = generate_traffic(a.out, a.files, a.hosts, a.intervals, a.seed, log, style=a.style)
     print(json.dumps({k: v for k, v in m.items() if k != "runs"}))
     return 0
 

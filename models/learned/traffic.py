@@ -51,15 +51,81 @@ def generate_host(rng: np.random.Generator, n: int, interval_s: float = 1.0) -> 
     return np.clip((level + bursts) * noise, 0.0, 1.0)
 
 
-def generate(seed: int, hosts: int = 20, intervals: int = 1800, interval_s: float = 1.0):
-    """(host, t_s, capacity_bps, business_bps) arrays for `hosts` hosts."""
-    rng = np.random.default_rng([seed, 0x7AFF1C])
+def generate_host_bursty(rng: np.random.Generator, n: int, interval_s: float = 1.0) -> np.ndarray:
+    """Business traffic of one host (fraction of its NIC) with heavy tails, `n` intervals.
+
+    - diurnal drift: a sine "day" of 10..60 minutes times a slow AR(1) log-level random walk
+      (a time constant of minutes), so the level wanders as well as cycles;
+    - 1 to 3 superposed on/off sources (the superposition of heavy-tailed on/off sources is what
+      makes measured LAN/WAN traffic self-similar, Willinger et al. 1997): on and off times
+      Pareto with shape 1.2..1.9 (infinite variance below 2), burst heights log-normal, and the
+      off times shortened in the busy part of the day;
+    - rare one-interval spikes (Pareto heights), and AR(1) multiplicative noise;
+    clipped to 0..1.
+    """
+    t = np.arange(n) * interval_s
+    base = rng.uniform(0.02, 0.3)
+    amp = rng.uniform(0.2, 0.9)
+    period = rng.uniform(600.0, 3600.0)
+    phase = rng.uniform(0, 2 * np.pi)
+    day = 1.0 + amp * np.sin(2 * np.pi * t / period + phase)           # 1-amp .. 1+amp
+    tau = rng.uniform(60.0, 600.0) / interval_s
+    phi = np.exp(-1.0 / tau)
+    sigma = rng.uniform(0.1, 0.4)
+    walk = np.empty(n)
+    e = rng.normal(0.0, sigma * np.sqrt(1 - phi ** 2), n)
+    w = rng.normal(0.0, sigma)
+    for i in range(n):
+        w = phi * w + e[i]
+        walk[i] = w
+    level = base * day * np.exp(walk)
+    bursts = np.zeros(n)
+    for _ in range(int(rng.integers(1, 4))):
+        a_on, a_off = rng.uniform(1.2, 1.9), rng.uniform(1.2, 1.9)
+        x_on, x_off = rng.uniform(1.0, 4.0), rng.uniform(5.0, 40.0)
+        mu_h = np.log(rng.uniform(0.05, 0.4))
+        i, on = 0, rng.random() < 0.3
+        while i < n:
+            if on:
+                dur = x_on * (1.0 + rng.pareto(a_on))
+            else:                        # busier part of the day: shorter gaps
+                dur = x_off * (1.0 + rng.pareto(a_off)) / max(day[i], 0.1)
+            length = max(1, int(round(dur / interval_s)))
+            if on:
+                bursts[i:i + length] += min(1.0, rng.lognormal(mu_h, 0.5))
+            i += length
+            on = not on
+    spikes = np.zeros(n)
+    hit = rng.random(n) < rng.uniform(0.002, 0.01)
+    spikes[hit] = np.minimum(1.0, 0.1 * (1.0 + rng.pareto(1.5, int(hit.sum()))))
+    rho, s_n = rng.uniform(0.3, 0.8), rng.uniform(0.05, 0.25)
+    noise = np.empty(n)
+    z = 0.0
+    eps = rng.normal(0.0, s_n * np.sqrt(1 - rho ** 2), n)
+    for i in range(n):
+        z = rho * z + eps[i]
+        noise[i] = z
+    return np.clip((level + bursts + spikes) * np.exp(noise), 0.0, 1.0)
+
+
+STYLES = {"onoff": generate_host, "bursty": generate_host_bursty}
+
+
+def generate(seed: int, hosts: int = 20, intervals: int = 1800, interval_s: float = 1.0, style: str = "onoff"):
+    """(host, t_s, capacity_bps, business_bps) arrays for `hosts` hosts.
+
+    `style`: "onoff" (exponential on/off bursts, the first generator) or "bursty" (heavy-tailed
+    on/off sources, drifting diurnal level, spikes: `generate_host_bursty`)."""
+    if style not in STYLES:
+        raise ValueError(f"unknown traffic style {style!r}; known: {', '.join(STYLES)}")
+    host_fn = STYLES[style]
+    rng = np.random.default_rng([seed, 0x7AFF1C] if style == "onoff" else [seed, 0x7AFF1C, 2])
     caps = np.array([c for c, _ in NIC_MIX])
     weights = np.array([w for _, w in NIC_MIX])
     host_ids, times, capacity, business = [], [], [], []
     for h in range(hosts):
         cap = float(rng.choice(caps, p=weights / weights.sum()))
-        frac = generate_host(rng, intervals, interval_s)
+        frac = host_fn(rng, intervals, interval_s)
         host_ids.append(np.full(intervals, h, dtype=np.int32))
         times.append(np.arange(intervals) * interval_s)
         capacity.append(np.full(intervals, cap))
@@ -69,14 +135,14 @@ def generate(seed: int, hosts: int = 20, intervals: int = 1800, interval_s: floa
 
 
 def write_traffic(path: str | Path, seed: int, hosts: int = 20, intervals: int = 1800,
-                  interval_s: float = 1.0, name: str = "synthetic-traffic") -> int:
+                  interval_s: float = 1.0, name: str = "synthetic-traffic", style: str = "onoff") -> int:
     """Write one synthetic business-traffic trace; returns its row count."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    host, t, cap, bus = generate(seed, hosts, intervals, interval_s)
+    host, t, cap, bus = generate(seed, hosts, intervals, interval_s, style)
     meta = {"traffic_schema_version": str(TRAFFIC_SCHEMA_VERSION), "scenario": name, "seed": str(seed),
-            "generator": "models.learned.traffic.generate", "hosts": str(hosts),
+            "generator": "models.learned.traffic.generate", "style": style, "hosts": str(hosts),
             "intervals": str(intervals), "interval_s": str(interval_s)}
     schema = pa.schema([("host", pa.int32()), ("t_s", pa.float64()), ("capacity_bps", pa.float64()),
                         ("business_bps", pa.float64())]).with_metadata(meta)
