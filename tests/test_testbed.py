@@ -121,9 +121,11 @@ def test_cleanup_after_a_failure_and_leftovers_of_a_crash(no_leftovers, monkeypa
 
 @needs_netns
 def test_ctrl_c_cleans_up():
+    # a child of a background job inherits SIGINT ignored (and Python then keeps it ignored):
+    # give the testbed the default Ctrl-C a terminal user has
     proc = subprocess.Popen([sys.executable, "-m", "experiments.cli", "testbed", str(SCENARIO), "--set",
                              "file.size=16MiB"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     tag = netns.run_tag(proc.pid)
     seen = []
     try:
