@@ -47,6 +47,7 @@ from .download import Download, Request, place
 
 log = logging.getLogger("dfnet.daemon")
 PROGRESS_EVERY_S = 0.25
+READ_BUFFER = 1 << 20
 
 
 @dataclass
@@ -318,7 +319,8 @@ class Daemon:
         return Mirror(self, registry, tuple(rules or DEFAULT_RULES)).app()
 
     async def _lifetime(self, app: web.Application):
-        self.session = aiohttp.ClientSession(auto_decompress=False,
+        # a deep read buffer: the default 64 KiB pauses each piece's socket between small reads
+        self.session = aiohttp.ClientSession(auto_decompress=False, read_bufsize=READ_BUFFER,
                                              connector=aiohttp.TCPConnector(limit=256, limit_per_host=32))
         loops = [asyncio.get_running_loop().create_task(c)
                  for c in (self._rate_loop(), self._idle_loop(), self._settings_loop(), self._follow_policy())]

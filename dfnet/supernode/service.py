@@ -56,6 +56,7 @@ from . import seed as seed_fetch
 from .tasks import SupernodeTask
 
 LONG_POLL_S = 5.0
+READ_BUFFER = 4 << 20
 CREDENTIAL_HEADERS = {"authorization", "cookie", "proxy-authorization", "x-amz-security-token"}
 MAX_BODY = 4 << 20
 log = logging.getLogger("dfnet.supernode")
@@ -414,7 +415,8 @@ class Supernode:
         return app
 
     async def _lifetime(self, app: web.Application):
-        self.session = aiohttp.ClientSession(auto_decompress=False)
+        # a deep read buffer: the default 64 KiB pauses the socket between small reads
+        self.session = aiohttp.ClientSession(auto_decompress=False, read_bufsize=READ_BUFFER)
         gc = asyncio.get_running_loop().create_task(self._gc_loop())
         follow = asyncio.get_running_loop().create_task(self.follow_policy())
         yield
