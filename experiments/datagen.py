@@ -25,6 +25,7 @@ import json
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -165,6 +166,16 @@ def family_scenario(kind: str, seed: int, hosts: tuple[int, int] = (100, 240),
     return data
 
 
+def run_jobs(fn, jobs: list, workers: int, log, describe) -> list:
+    """`fn` over `jobs`, in `workers` processes when more than one, logging each result."""
+    results = []
+    with ProcessPoolExecutor(workers) if workers > 1 else nullcontext() as pool:
+        for r in (pool.map(fn, jobs) if pool is not None else map(fn, jobs)):
+            results.append(r)
+            log(describe(r))
+    return results
+
+
 def run_one(job: dict) -> dict:
     """Simulate one drawn scenario with its exploring policy and write its trace."""
     from dfsim.scenario import parse_scenario
@@ -198,17 +209,8 @@ def generate_pieces(out: str | Path, scenarios: int = 12, seed: int = 0, max_hos
         jobs.append({"scenario": sc, "policy": POLICIES[int(rng.integers(len(POLICIES)))],
                      "epsilon": float(epsilon), "trace": str(out / f"{sc['name']}.parquet")})
     t0 = time.perf_counter()
-    results = []
-    if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            for r in pool.map(run_one, jobs):
-                results.append(r)
-                log(f"{r['name']}: {r['hosts']} hosts, {r['policy']}, {r['rows']} rows, {r['wall_s']} s")
-    else:
-        for job in jobs:
-            r = run_one(job)
-            results.append(r)
-            log(f"{r['name']}: {r['hosts']} hosts, {r['policy']}, {r['rows']} rows, {r['wall_s']} s")
+    results = run_jobs(run_one, jobs, workers, log,
+                       lambda r: f"{r['name']}: {r['hosts']} hosts, {r['policy']}, {r['rows']} rows, {r['wall_s']} s")
     from dfsim.trace import TRACE_SCHEMA_VERSION
     from models.interfaces import FEATURE_SCHEMA_VERSION
 
@@ -240,17 +242,8 @@ def generate_family(out: str | Path, hetero: int = 24, homog: int = 6, seed: int
             jobs.append({"scenario": sc, "policy": policies[int(rng.integers(len(policies)))],
                          "epsilon": float(epsilon), "trace": str(out / f"{sc['name']}.parquet")})
     t0 = time.perf_counter()
-    results = []
-    if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            for r in pool.map(run_one, jobs):
-                results.append(r)
-                log(f"{r['name']}: {r['hosts']} hosts, {r['policy']}, {r['rows']} rows, {r['wall_s']} s")
-    else:
-        for job in jobs:
-            r = run_one(job)
-            results.append(r)
-            log(f"{r['name']}: {r['hosts']} hosts, {r['policy']}, {r['rows']} rows, {r['wall_s']} s")
+    results = run_jobs(run_one, jobs, workers, log,
+                       lambda r: f"{r['name']}: {r['hosts']} hosts, {r['policy']}, {r['rows']} rows, {r['wall_s']} s")
     from dfsim.trace import TRACE_SCHEMA_VERSION
     from models.interfaces import FEATURE_SCHEMA_VERSION
 

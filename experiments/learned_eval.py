@@ -30,10 +30,11 @@ import json
 import math
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+from experiments.datagen import run_jobs
 
 HANDWRITTEN = ("heuristic:d2", "heuristic:d2-load", "heuristic:v1", "heuristic:kraken",
                "heuristic:rarest-first")
@@ -92,16 +93,8 @@ def piece_eval(models: dict[str, str], scenarios: list[tuple[str, dict]], polici
                 rows.append(done[(sc["name"], p)])
             else:
                 jobs.append({"scenario": sc, "kind": kind, "policy": p, "model": model})
-    if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            for r in pool.map(run_point, jobs):
-                rows.append(r)
-                log(f"{r['scenario']} {r['policy']}: p95 {r['p95_s']} s ({r['wall_s']} s)")
-    else:
-        for j in jobs:
-            r = run_point(j)
-            rows.append(r)
-            log(f"{r['scenario']} {r['policy']}: p95 {r['p95_s']} s ({r['wall_s']} s)")
+    rows += run_jobs(run_point, jobs, workers, log,
+                     lambda r: f"{r['scenario']} {r['policy']}: p95 {r['p95_s']} s ({r['wall_s']} s)")
     return rows
 
 

@@ -137,8 +137,7 @@ class Supernode:
         try:
             t = await self._task_for_register(key, reg.url, reg.headers, reg.digest, reg.filter, reg.key_by_digest)
         except SourceError as e:
-            status = 502 if e.kind != "url" else 400
-            return _error(status, str(e), origin_status=e.status, kind=e.kind)
+            return _source_error(e)
         except (StorageError, OSError) as e:
             log.error("cannot store task", extra={"fields": {"reason": str(e)}})
             return _error(507, f"supernode cannot store the task: {e}")
@@ -260,7 +259,7 @@ class Supernode:
         try:
             t = await self._task_for_register(key, pre.url, pre.headers, pre.digest, pre.filter, pre.key_by_digest)
         except SourceError as e:
-            return _error(502 if e.kind != "url" else 400, str(e), origin_status=e.status, kind=e.kind)
+            return _source_error(e)
         except (StorageError, OSError) as e:
             return _error(507, f"supernode cannot store the task: {e}")
         while t.fetching:
@@ -452,6 +451,11 @@ async def _json(request: web.Request):
         raise ProtocolError("body is not JSON") from None
     except web.HTTPRequestEntityTooLarge:
         raise ProtocolError("body too large") from None
+
+
+def _source_error(e: SourceError) -> web.Response:
+    """An origin failure, relayed with its kind and status so the daemon picks the exit code."""
+    return _error(400 if e.kind == "url" else 502, str(e), origin_status=e.status, kind=e.kind)
 
 
 def _error(status: int, message: str, **extra) -> web.Response:

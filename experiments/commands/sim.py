@@ -5,17 +5,13 @@ import argparse
 import json
 
 from experiments.commands.errors import UsageError
+from experiments.commands.scenario_args import scenario_and_seed
 
 
 def sim_run(args: argparse.Namespace) -> int:
-    from dfsim.scenario import ScenarioError, load_scenario
     from models.loader import PolicyError, load_piece_selector, load_rate_controller
 
-    try:
-        scenario = load_scenario(args.scenario, args.set)
-    except ScenarioError as e:
-        raise UsageError(str(e)) from None
-    seed = scenario.run.seed if args.seed is None else args.seed
+    scenario, seed = scenario_and_seed(args)
     try:
         selector = load_piece_selector(args.policy, seed=seed)
         rates = load_rate_controller(args.rate_policy, seed=seed)

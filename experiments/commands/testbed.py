@@ -14,19 +14,15 @@ import json
 import os
 
 from experiments.commands.errors import UsageError
+from experiments.commands.scenario_args import scenario_and_seed
 
 
 def testbed(args: argparse.Namespace) -> int:
-    from dfsim.scenario import ScenarioError, load_scenario
     from experiments.testbed import netns
     from experiments.testbed.plan import PlanError, make_plan
     from models.loader import PolicyError, load_piece_selector
 
-    try:
-        scenario = load_scenario(args.scenario, args.set)
-    except ScenarioError as e:
-        raise UsageError(str(e)) from None
-    seed = scenario.run.seed if args.seed is None else args.seed
+    scenario, seed = scenario_and_seed(args)
     try:
         load_piece_selector(args.policy, seed=seed)
     except PolicyError as e:
