@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from dfnet import errors
+from dfnet.supernode.service import READ_BUFFER
 from tests.live import nodes
 
 MiB = 1 << 20
@@ -265,7 +266,7 @@ def test_supernode_killed_mid_distribution_daemons_fail_over(cluster):
 
 def test_origin_cut_mid_download_resumes_with_range(cluster):
     url, sha = cluster.file("big.bin")
-    cluster.origin.post_json("/_faults", {"cut_after": 20 * MiB})
+    cluster.origin.post_json("/_faults", {"cut_after": 40 * MiB + 12345})     # mid-piece
     sn = cluster.supernode()
     d = cluster.daemon("d0", "--supernode", sn.addr)
     r = nodes.dfget(url, "-O", str(cluster.root / "out.bin"), "--daemon", d.addr)
@@ -274,7 +275,10 @@ def test_origin_cut_mid_download_resumes_with_range(cluster):
     assert "resuming" in sn.logs()
     reqs = cluster.origin.get_json("/_stats")["requests"]
     assert any(q["headers"].get("Range", "").startswith("bytes=") for q in reqs)
-    assert cluster.origin_bytes() <= 1.1 * SIZE
+    # The seed goes on from the last byte it took in; what sat in its client's read buffer
+    # when the cut came (at most twice READ_BUFFER, aiohttp drops it) is fetched again.
+    # Starting over would cost 40 MiB more.
+    assert cluster.origin_bytes() <= SIZE + 2 * READ_BUFFER
 
 
 def test_back_to_source_when_no_supernode_answers(cluster):

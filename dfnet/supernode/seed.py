@@ -4,8 +4,8 @@ Rules kept here:
 - Bytes stream from the origin straight to the task's data file (written and hashed off the
   event loop, `PieceWriter`); each piece is sha256'd as it passes and offered to the swarm the moment its last byte is written (`on_piece`), so
   children start while the origin download is still running.
-- An interrupted download resumes at the first piece not yet held, with `Range` and an
-  `If-Range` validator: if the file changed meanwhile, the task fails instead of mixing two
+- An interrupted download resumes at the first byte not yet received (the piece being cut
+  keeps its partial hash across the break), with `Range` and an `If-Range` validator: if the file changed meanwhile, the task fails instead of mixing two
   versions. An origin without range support is read again from the start, skipping what
   is held. After `RETRIES` failures in a row the task fails with the last reason.
 - Source headers live only in this coroutine's arguments: never stored, never logged.
@@ -33,16 +33,16 @@ async def fetch(files: TaskFiles, session: aiohttp.ClientSession, url: str, head
     """Fill `files` from the origin; raises SourceError when it gives up."""
     failures = 0
     resp = first
+    cut = _Cutter(files, on_piece)
     while not files.complete:
-        piece = files.have.index(0)
-        start = piece * files.piece_size
+        start = cut.offset
         try:
             if resp is None:
                 resp = await open_source(session, url, headers, start=start, if_range=validator)
             if resp.length != files.length or (resp.status == 200 and validator and start and
                                                (resp.etag or resp.last_modified) != validator):
                 raise SourceError(f"origin file {redact_url(url)} changed during the download", "changed")
-            await _stream(resp, files, start, on_piece, on_bytes)
+            await _stream(resp, cut, on_bytes)
             failures = 0
         except SourceError as e:
             if e.kind in ("changed", "status", "url"):
@@ -51,7 +51,7 @@ async def fetch(files: TaskFiles, session: aiohttp.ClientSession, url: str, head
             if failures > RETRIES:
                 raise
             log.warning("origin download interrupted; resuming", extra={"fields": {
-                "url": redact_url(url), "reason": str(e), "at_piece": piece}})
+                "url": redact_url(url), "reason": str(e), "at_byte": start}})
             await asyncio.sleep(min(0.2 * 2 ** failures, 5.0))
         except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as e:
             failures += 1
@@ -59,7 +59,7 @@ async def fetch(files: TaskFiles, session: aiohttp.ClientSession, url: str, head
                 raise SourceError(f"origin download of {redact_url(url)} keeps failing: "
                                   f"{type(e).__name__} {e}") from None
             log.warning("origin download interrupted; resuming", extra={"fields": {
-                "url": redact_url(url), "reason": f"{type(e).__name__} {e}", "at_piece": piece}})
+                "url": redact_url(url), "reason": f"{type(e).__name__} {e}", "at_byte": start}})
             await asyncio.sleep(min(0.2 * 2 ** failures, 5.0))
         finally:
             if resp is not None:
@@ -67,36 +67,52 @@ async def fetch(files: TaskFiles, session: aiohttp.ClientSession, url: str, head
                 resp = None
 
 
-async def _stream(resp: SourceResponse, files: TaskFiles, start: int,
-                  on_piece: Callable[[int, str], None], on_bytes: Callable[[int], None]) -> None:
-    """Copy the response body into `files` from `start`, committing whole pieces as they end."""
-    offset = resp.start
-    size = files.piece_size
-    piece = start // size
-    writer = PieceWriter(files, piece * size)
-    end_of_piece = min((piece + 1) * size, files.length)
-    async for chunk in resp.content.iter_any():
-        on_bytes(len(chunk))
-        if offset + len(chunk) <= start:        # an origin without ranges: skip what we hold
-            offset += len(chunk)
-            continue
-        if offset < start:
-            chunk = chunk[start - offset:]
-            offset = start
-        view = memoryview(chunk)
+class _Cutter:
+    """Where the seed is in the file: the piece being cut, its writer and the next byte.
+
+    It outlives one origin response so a resumed download goes on mid-piece.
+    """
+
+    def __init__(self, files: TaskFiles, on_piece: Callable[[int, str], None]):
+        self.files, self.on_piece = files, on_piece
+        self._start_piece(files.have.index(0))
+
+    def _start_piece(self, piece: int) -> None:
+        size = self.files.piece_size
+        self.piece, self.offset = piece, piece * size
+        self.writer = PieceWriter(self.files, self.offset)
+        self.end_of_piece = min((piece + 1) * size, self.files.length)
+
+    async def feed(self, view: memoryview) -> None:
         while view:
-            k = min(len(view), end_of_piece - offset)
+            k = min(len(view), self.end_of_piece - self.offset)
             if k <= 0:
                 raise SourceError("origin sent more bytes than its length", "protocol")
-            await writer.feed(view[:k])
-            offset += k
+            await self.writer.feed(view[:k])
+            self.offset += k
             view = view[k:]
-            if offset == end_of_piece:
-                digest = await writer.digest()
-                files.commit(piece, digest)
-                on_piece(piece, digest)
-                piece += 1
-                writer = PieceWriter(files, piece * size)
-                end_of_piece = min((piece + 1) * size, files.length)
-    if offset < files.length:
-        raise SourceError(f"origin closed the connection at byte {offset} of {files.length}")
+            if self.offset == self.end_of_piece:
+                digest = await self.writer.digest()
+                self.files.commit(self.piece, digest)
+                self.on_piece(self.piece, digest)
+                if self.files.complete:
+                    return
+                self._start_piece(self.piece + 1)    # the stream is sequential
+
+
+async def _stream(resp: SourceResponse, cut: _Cutter, on_bytes: Callable[[int], None]) -> None:
+    """Copy the response body into the task from `cut.offset`, committing whole pieces."""
+    offset = resp.start
+    if offset > cut.offset:
+        raise SourceError(f"origin answered from byte {offset}, not {cut.offset}", "protocol")
+    async for chunk in resp.content.iter_any():
+        on_bytes(len(chunk))
+        if offset + len(chunk) <= cut.offset:    # an origin without ranges: skip what we hold
+            offset += len(chunk)
+            continue
+        view = memoryview(chunk)[max(0, cut.offset - offset):]
+        offset = max(offset, cut.offset)
+        await cut.feed(view)
+        offset = cut.offset
+    if cut.offset < cut.files.length:
+        raise SourceError(f"origin closed the connection at byte {cut.offset} of {cut.files.length}")
