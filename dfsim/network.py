@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from heapq import heappop, heappush
+from heapq import heapify, heappop, heappush
 from operator import attrgetter
 
 import simpy
@@ -128,6 +128,7 @@ class Network:
         # is one push, and SimPy is woken only for the earliest completion
         self._heap: list[tuple[float, int, Flow, int]] = []
         self._seq = 0
+        self._compact_at = 4096
         self._wake_at = INF
         self.timer_updates = 0
         # an environment that steps the network itself needs no SimPy timeouts from us
@@ -241,7 +242,8 @@ class Network:
         total = 0.0
         for f in flows:
             p = f.path
-            f.cap = cap = p[0].share if len(p) == 2 else min([r.share for r in p if r is not down])
+            # a path is (uplink, downlink) or (uplink, downlink, inter-IDC link)
+            f.cap = cap = p[0].share if len(p) == 2 else min(p[0].share, p[2].share)
             total += cap
         if total <= down.capacity:
             # the downlink has room for every cap (the common case: senders are the limit)
@@ -269,8 +271,19 @@ class Network:
         f.version += 1
         if rate > 0.0:
             self._seq += 1
-            heappush(self._heap, (now + f.remaining / rate, self._seq, f, f.version))
+            heap = self._heap
+            heappush(heap, (now + f.remaining / rate, self._seq, f, f.version))
             self.timer_updates += 1
+            if len(heap) > self._compact_at:
+                self._compact()
+
+    def _compact(self) -> None:
+        """Drop stale entries: re-timed flows leave one behind each, and a heap grown to
+        millions of them makes every push and pop slower."""
+        heap = self._heap
+        heap[:] = [e for e in heap if e[2].version == e[3]]
+        heapify(heap)
+        self._compact_at = 2 * len(heap) + 4096
 
     def next_completion(self) -> float:
         """When the earliest pending completion is due (INF if none)."""
