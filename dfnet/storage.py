@@ -17,6 +17,7 @@ Rules kept here:
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import json
 import os
@@ -70,8 +71,25 @@ class TaskFiles:
         meta = dict(meta, task_id=task_id)
         _write_json(folder / "meta.json", meta)
         files = cls(folder, meta)
-        os.ftruncate(files._fd, files.length)
+        files._reserve()
         return files
+
+    def _reserve(self) -> None:
+        """Allocate the data file's blocks up front: a disk too small for the task is found
+        now, in one line, rather than as a write error halfway through the download (pieces
+        arrive out of order, so a sparse file would also fragment)."""
+        if not self.length:
+            return
+        try:
+            os.posix_fallocate(self._fd, 0, self.length)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                os.close(self._fd)
+                self._record.close()
+                shutil.rmtree(self.folder, ignore_errors=True)
+                raise StorageError(f"not enough disk space under {self.folder.parent} for a task "
+                                   f"of {self.length} bytes") from None
+            os.ftruncate(self._fd, self.length)    # a file system without fallocate: sparse
 
     @classmethod
     def open(cls, root: Path, task_id: str, verify: bool = True) -> "TaskFiles | None":

@@ -390,3 +390,23 @@ def test_dfget_starts_a_daemon_when_none_answers(cluster, tmp_path):
     while "idle; exiting" not in (tmp_path / "home" / "daemon.log").read_text() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert "idle; exiting" in (tmp_path / "home" / "daemon.log").read_text()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs: needs root")
+def test_a_disk_too_small_for_the_task_fails_at_once_in_one_line(cluster):
+    """The daemon reserves the task's space when it opens it: a full disk is found before any
+    byte moves, and said in one line, not as a write error halfway through."""
+    import subprocess
+    url, _ = cluster.file("big.bin")
+    data = cluster.root / "d0"
+    data.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(data)], check=True)
+    try:
+        sn = cluster.supernode()
+        d = cluster.daemon("d0", "--supernode", sn.addr)
+        r = nodes.dfget(url, "-O", str(cluster.root / "out.bin"), "--daemon", d.addr)
+        assert r.returncode == errors.FILE_IO
+        assert r.stderr.count("\n") == 1 and "not enough disk space" in r.stderr, r.stderr
+        assert not (cluster.root / "out.bin").exists()
+    finally:
+        subprocess.run(["umount", "-l", str(data)], check=False)

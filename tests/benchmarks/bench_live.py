@@ -71,17 +71,21 @@ def bench_single(tmp: Path, size: int) -> dict:
     url = f"http://{o.addr}/f.bin"
     try:
         t_curl = curl(url, tmp / "curl.bin")
+        procs = {"origin": o, "supernode": sn, "daemon": d}
+        cpu0 = {k: cpu_seconds(n.proc.pid) for k, n in procs.items()}
         t0 = time.perf_counter()
         r = nodes.dfget(url, "-O", str(tmp / "p2p.bin"), "--daemon", d.addr, timeout=3600)
         t_p2p = time.perf_counter() - t0
         assert r.returncode == 0, r.stderr
+        # CPU seconds per GB moved, per process: on 2 cores this is what caps throughput
+        cpu = {k: round((cpu_seconds(n.proc.pid) - cpu0[k]) / (size / 1e9), 2) for k, n in procs.items()}
         t0 = time.perf_counter()
         r = nodes.dfget(url, "-O", str(tmp / "cached.bin"), "--daemon", d2.addr, timeout=3600)
         t_cached = time.perf_counter() - t0
         assert r.returncode == 0, r.stderr
         return {"bench": "single", "bytes": size, "curl_MBps": round(size / t_curl / 1e6, 1),
                 "dfget_MBps": round(size / t_p2p / 1e6, 1), "ratio_vs_curl": round(t_curl / t_p2p, 3),
-                "cached_MBps": round(size / t_cached / 1e6, 1),
+                "cached_MBps": round(size / t_cached / 1e6, 1), "cpu_s_per_GB": cpu,
                 "origin_bytes": o.get_json("/_stats")["bytes_sent"] - size}
     finally:
         for n in (d2, d, sn, o):
