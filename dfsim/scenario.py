@@ -25,11 +25,13 @@ import difflib
 import math
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+
+from dfnet.core.scheduler import fill_concurrency
 
 from dfsim.units import format_bytes, format_rate, parse_rate, parse_size
 
@@ -206,7 +208,8 @@ class HostGroup:
 
 @dataclass(frozen=True, slots=True)
 class SchedulerSpec:
-    concurrent_pieces: int = 4             # pieces a host downloads at once (Dragonfly 1: 4)
+    concurrent_pieces: int = 4             # pieces a host downloads at once (Dragonfly 1: 4);
+                                           # "auto", the default: `fill_concurrency` of the hosts
     upload_slots: int | None = None        # per normal peer; None: the core's default
     seed_upload_slots: int | None = None   # per supernode; None: the core's default
     parent_sample: int = 15                # peers sampled as parent candidates (Dragonfly 2: 15)
@@ -277,6 +280,18 @@ def _integer(low: int) -> Reader:
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ScenarioError(path, f"must be an integer >= {low}, not {_show(value)}")
         return value
+    return read
+
+
+def _integer_or_auto(low: int) -> Reader:
+    integer = _integer(low)
+
+    def read(value: Any, path: str) -> int | str:
+        if value == "auto":
+            return value
+        if isinstance(value, str):
+            raise ScenarioError(path, f"must be an integer >= {low} or \"auto\", not {_show(value)}")
+        return integer(value, path)
     return read
 
 
@@ -450,7 +465,7 @@ SECTIONS: dict[str, Section] = {
         "links": _array("link", ()),
         "supernodes": _array("supernode", ()),
         "hosts": _array("host", min_items=1),
-        "scheduler": _table("scheduler", SchedulerSpec()),
+        "scheduler": _table("scheduler", SchedulerSpec(concurrent_pieces="auto")),
     }, lambda v, p: v),  # assembled by parse_scenario, which checks across sections
     "file": Section({
         "size": Key(_size(1)),
@@ -504,7 +519,7 @@ SECTIONS: dict[str, Section] = {
         "leave_fraction": Key(_fraction),
     }, _build(Churn)),
     "scheduler": Section({
-        "concurrent_pieces": Key(_integer(1), 4),
+        "concurrent_pieces": Key(_integer_or_auto(1), "auto"),
         "upload_slots": Key(_integer(1), None),
         "seed_upload_slots": Key(_integer(1), None),
         "parent_sample": Key(_integer(1), 15),
@@ -579,10 +594,17 @@ def parse_scenario(data: dict, name_hint: str = "") -> Scenario:
                                 f"{link.between[1]} are already linked by links.{pairs[pair]}")
         pairs[pair] = i
 
+    scheduler = v["scheduler"]
+    if scheduler.concurrent_pieces == "auto":
+        hosts = v["hosts"]
+        n = sum(g.count for g in hosts) or 1
+        scheduler = replace(scheduler, concurrent_pieces=fill_concurrency(
+            sum(g.count * g.download.mean for g in hosts) / n, sum(g.count * g.upload.mean for g in hosts) / n))
+
     return Scenario(
         name=v["name"] or name_hint or "unnamed",
         file=v["file"], source=v["source"], run=v["run"], idcs=idcs, links=v["links"],
-        supernodes=v["supernodes"], hosts=v["hosts"], scheduler=v["scheduler"],
+        supernodes=v["supernodes"], hosts=v["hosts"], scheduler=scheduler,
         raw=copy.deepcopy(data),
     )
 

@@ -379,8 +379,36 @@ def test_defaults():
     assert s.supernodes == () and s.links == () and s.idcs == ()
     assert s.hosts[0].upload == s.hosts[0].download  # a NIC is symmetric unless said otherwise
     assert s.hosts[0].location == "" and s.hosts[0].background is None
-    assert (s.scheduler.concurrent_pieces, s.scheduler.parent_sample) == (4, 15)
+    # symmetric NICs: one piece at a time fills a child's downlink from a typical parent
+    assert (s.scheduler.concurrent_pieces, s.scheduler.parent_sample) == (1, 15)
     assert s.raw["hosts"][0]["count"] == 3
+
+
+@pytest.mark.parametrize("nics, expected", [
+    ('download = "200Mbps"\nupload = "100Mbps"', 2),        # Fig. 8's clients: two parents fill one
+    ('download = "1Gbps"\nupload = "100Mbps"', 4),          # capped at Dragonfly 1's 4
+    ('download = { "100Mbps" = 0.5, "1Gbps" = 0.5 }\nupload = "50Mbps"', 4),
+    ('download = "100Mbps"\nupload = "1Gbps"', 1),
+])
+def test_concurrent_pieces_auto_fills_the_downlink_from_typical_parents(nics, expected):
+    text = f"""
+        [file]
+        size = 1000000
+        [source]
+        upload = "1Gbps"
+        [[hosts]]
+        count = 3
+        {nics}
+    """
+    assert parse_scenario(tomllib.loads(text)).scheduler.concurrent_pieces == expected
+    explicit = parse_scenario(tomllib.loads(text + "\n[scheduler]\nconcurrent_pieces = 3\n"))
+    assert explicit.scheduler.concurrent_pieces == 3
+
+
+def test_concurrent_pieces_refuses_other_words():
+    data = apply_overrides(minimal(), ["scheduler.concurrent_pieces=many"])
+    with pytest.raises(ScenarioError, match=r"scheduler.concurrent_pieces.*integer >= 1 or \"auto\""):
+        parse_scenario(data)
 
 
 def test_supernode_download_defaults_to_upload_and_zero_count_is_allowed():
