@@ -208,6 +208,8 @@ class PieceWriter:
     Chunks from the network are gathered up to `BATCH` bytes, then written and hashed in a
     worker thread (`os.pwrite` and `hashlib` release the GIL), so the event loop keeps reading
     sockets while another core hashes. Memory per piece in flight is at most `BATCH`.
+    A caller that fills its own batches (`dfnet.daemon.piecefetch` receives into them) hands
+    each over with `feed_owned`: written and hashed as it is, never copied.
     """
 
     BATCH = 1 << 20
@@ -223,6 +225,15 @@ class PieceWriter:
         self._buf += chunk
         if len(self._buf) >= self.BATCH:
             await self._flush()
+
+    async def feed_owned(self, data: bytearray) -> None:
+        """Write and hash `data` itself, without copying it; the writer owns it from now on.
+
+        Returns once it is written; bytes `feed` gathered before it go first."""
+        await self._flush()
+        if data:
+            await asyncio.to_thread(self._write, data, self.offset + self.written)
+            self.written += len(data)
 
     async def digest(self) -> str:
         """Flush what is left; the sha256 hex of everything fed."""

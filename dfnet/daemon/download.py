@@ -4,10 +4,12 @@ Owns the loop that syncs with a supernode, fetches the pieces it assigns from th
 and reports the results; back-to-source; failover between supernodes; the end checks.
 
 Rules kept here:
-- Assigned pieces are fetched concurrently, each streamed to its offset while hashed; a
-  piece counts only when its sha256 equals the supernode's digest, and is then recorded
-  durably (`dfnet.storage`), so a daemon killed at any moment resumes with every finished
-  piece and refetches only those that were in flight.
+- Assigned pieces are fetched concurrently, each streamed to its offset while hashed (over
+  `piecefetch`'s keep-alive connections, received in place into the batches the hashing
+  thread writes, never copied on the event loop); a piece counts only when its sha256
+  equals the supernode's digest, and is then recorded durably (`dfnet.storage`), so a
+  daemon killed at any moment resumes with every finished piece and refetches only those
+  that were in flight.
 - Results go back in batches: after the first piece of a window ends, the daemon gathers
   more for up to `BATCH_WAIT_S` or until half its window is free, then one sync reports them
   all and takes the next assignments. Per piece the protocol costs a fraction of a round
@@ -49,6 +51,7 @@ from dfnet.throttle import bucket, pace
 from dfnet.upload import Servable
 
 from . import supernodes as sn
+from .piecefetch import FetchError
 
 PIECE_TIMEOUT_S = 60.0
 CHUNK = 256 * 1024
@@ -196,28 +199,21 @@ class Download:
         offset, n = files.piece_range(piece)
         t0 = time.monotonic()
         writer = PieceWriter(files, offset)
-        got = 0
         buckets = (h.download_bucket, self.task_bucket, h.disk_bucket)
+
+        async def sink(batch: bytearray) -> None:       # a filled batch, received in place
+            await pace(buckets, len(batch))
+            await writer.feed_owned(batch)
+            h.count_rx(len(batch))
+
         try:
-            async with h.session.get(f"http://{addr}/v1/tasks/{tid}/pieces/{piece}", headers={TOKEN_HEADER: token},
-                                     timeout=aiohttp.ClientTimeout(total=PIECE_TIMEOUT_S, sock_connect=5,
-                                                                   sock_read=15)) as resp:
-                if resp.status != 200:
-                    raise PieceFailed(f"parent answered HTTP {resp.status}")
-                async for chunk in resp.content.iter_any():
-                    if got + len(chunk) > n:
-                        raise PieceFailed("parent sent more bytes than the piece holds", corrupt=True)
-                    await pace(buckets, len(chunk))
-                    await writer.feed(chunk)
-                    got += len(chunk)
-                    h.count_rx(len(chunk))
-                digest = await writer.digest()
-        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as e:
-            raise PieceFailed(f"{type(e).__name__}: {e}") from None
+            await h.piece_pool.fetch(addr, f"/v1/tasks/{tid}/pieces/{piece}", {TOKEN_HEADER: token}, n, sink,
+                                      timeout=PIECE_TIMEOUT_S)
+            digest = await writer.digest()
+        except FetchError as e:
+            raise PieceFailed(str(e), corrupt=e.corrupt) from None
         except OSError as e:
             raise DownloadError(f"cannot write {files.data_path}: {e.strerror or e}", FILE_IO) from None
-        if got != n:
-            raise PieceFailed(f"parent sent {got} of {n} bytes")
         if digest != sha:
             h.metrics.inc("dragonfly_dfdaemon_piece_corrupt_total")
             raise PieceFailed("piece digest mismatch", corrupt=True)

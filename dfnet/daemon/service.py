@@ -44,6 +44,7 @@ from models.interfaces import HostLoad
 
 from . import nic as nicmod
 from .download import Download, Request, place
+from .piecefetch import Pool
 
 log = logging.getLogger("dfnet.daemon")
 PROGRESS_EVERY_S = 0.25
@@ -86,6 +87,7 @@ class Daemon:
         self.servable: dict[str, Servable] = {}
         self.jobs: dict[str, Job] = {}
         self.session: aiohttp.ClientSession | None = None
+        self.piece_pool = Pool()            # keep-alive connections to parents, for pieces
         self.download_bucket, self.upload_bucket, self.disk_bucket = bucket(), bucket(), bucket()
         self.metrics = Metrics()
         self._rx = self._tx = 0
@@ -331,6 +333,7 @@ class Daemon:
             t.cancel()
         await asyncio.gather(*loops, *(j.task for j in self.jobs.values()), return_exceptions=True)
         await self.session.close()
+        self.piece_pool.close()
         for entry in self.servable.values():
             entry.files.close()
 

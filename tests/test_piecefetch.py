@@ -1,0 +1,416 @@
+"""The zero-copy piece client (`dfnet.daemon.piecefetch`) against real servers on loopback.
+
+Good answers come from the real upload server (`dfnet.upload.piece_handler` in an aiohttp
+app), fetched through `Download._fetch_piece` of a real `Daemon` object (no processes: its
+buckets, metrics and task store, none of its listeners). Bad parents are tiny asyncio
+servers that answer the way the test says: too many bytes, too few, nothing, a huge header.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+import pytest
+from aiohttp import web
+
+from dfnet import serve
+from dfnet.core.task import task_id
+from dfnet.daemon import piecefetch
+from dfnet.daemon.download import Download, PieceFailed, Request
+from dfnet.daemon.piecefetch import FetchError, Pool
+from dfnet.daemon.service import Daemon
+from dfnet.storage import TaskFiles
+from dfnet.throttle import bucket
+from dfnet.upload import Servable, piece_handler
+
+MiB = 1 << 20
+PIECE = 2 * MiB + 4321             # not a multiple of the batch: a short last batch per piece
+LENGTH = 2 * PIECE + 777           # a short last piece
+TOKEN = "tok-" + "a" * 28
+TID = task_id("http://origin.invalid/f.bin", ())
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+class Parent:
+    """A real upload server holding the whole task; records the client port of each request."""
+
+    def __init__(self, root):
+        self.data = random.Random(7).randbytes(LENGTH)
+        self.files = TaskFiles.create(root / "parent", TID, {"length": LENGTH, "piece_size": PIECE})
+        self.files.write(0, self.data)
+        for p in range(self.files.n_pieces):
+            self.files.commit(p, self.files.sha256(p))
+        self.servable = {TID: Servable(self.files, {TOKEN})}
+        self.peers: list[int] = []
+
+    async def __aenter__(self):
+        @web.middleware
+        async def record(request, handler):
+            self.peers.append(request.transport.get_extra_info("peername")[1])
+            return await handler(request)
+
+        app = web.Application(middlewares=[record])
+        app.router.add_get("/v1/tasks/{task}/pieces/{piece}", piece_handler(self.servable.get, lambda: (bucket(),)))
+        self.runner, self.addr = await serve.start(app, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.runner.cleanup()
+        self.files.close()
+
+    def sha(self, piece: int) -> str:
+        return self.files.sha256(piece)
+
+
+def child(root, *, pool: Pool | None = None) -> Download:
+    """A daemon (the object, not a process) with one download open on the parent's task."""
+    host = Daemon(root / "child")
+    if pool is not None:
+        host.piece_pool = pool
+    dl = Download(host, Request("http://origin.invalid/f.bin", None))
+    dl.task_bucket = bucket()
+    dl._open(TID, LENGTH, PIECE, TOKEN)
+    return dl
+
+
+class Scripted:
+    """A parent that answers each request with `answer(n, reader, writer)` (n: the request's
+    number on its connection, from 0) once the request header is in; `False` hangs up.
+    An answer that waits for `reader.read()` holds the connection until the client closes."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.connections = 0
+        self.closed = asyncio.Event()           # a client connection ended
+
+    async def __aenter__(self):
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.addr = "127.0.0.1:%d" % self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc):
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.connections += 1
+        try:
+            n = 0
+            while True:
+                try:
+                    await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                try:
+                    if await self.answer(n, reader, writer) is False:
+                        return
+                except ConnectionError:
+                    return
+                n += 1
+        finally:
+            self.closed.set()
+            writer.close()
+
+
+def head(length: int | None, status: str = "200 OK", extra: str = "") -> bytes:
+    cl = f"Content-Length: {length}\r\n" if length is not None else ""
+    return f"HTTP/1.1 {status}\r\n{cl}{extra}\r\n".encode()
+
+
+BODY = random.Random(3).randbytes(300_000)
+
+
+async def fetch(pool: Pool, addr: str, length: int = len(BODY), timeout: float = 10.0) -> bytes:
+    got = bytearray()
+
+    async def sink(batch: bytearray) -> None:
+        got.extend(batch)
+
+    await pool.fetch(addr, "/v1/tasks/x/pieces/0", {"X-Dfly-Token": "t"}, length, sink, timeout=timeout)
+    return bytes(got)
+
+
+# ---- good answers from the real upload server ------------------------------------------------
+def test_pieces_arrive_whole_verified_and_committed(tmp_path):
+    async def main():
+        async with Parent(tmp_path) as parent:
+            dl = child(tmp_path)
+            h, files = dl.host, dl.files
+            for p in range(files.n_pieces):
+                n, cost = await dl._fetch_piece(p, parent.addr, TID, TOKEN, parent.sha(p))
+                assert n == files.piece_range(p)[1] and cost > 0
+            assert files.complete and dl.fetched_pieces == files.n_pieces
+            assert files.read(0, LENGTH) == parent.data
+            assert files.digests == [parent.sha(p) for p in range(files.n_pieces)]
+            assert h._rx == LENGTH
+            assert f"dragonfly_dfdaemon_download_traffic{{type=\"p2p\"}} {LENGTH}" in h.metrics.render()
+            h.piece_pool.close()
+    run(main())
+
+
+def test_two_pieces_share_one_keep_alive_connection(tmp_path):
+    async def main():
+        async with Parent(tmp_path) as parent:
+            dl = child(tmp_path)
+            pool = dl.host.piece_pool
+            for p in (0, 1):
+                await dl._fetch_piece(p, parent.addr, TID, TOKEN, parent.sha(p))
+                assert pool.idle_count(parent.addr) == 1
+            assert (pool.connects, pool.reuses) == (1, 1)
+            assert len(parent.peers) == 2 and len(set(parent.peers)) == 1     # one client port
+            pool.close()
+            assert pool.idle_count(parent.addr) == 0
+    run(main())
+
+
+def test_wrong_token_fails_naming_the_status(tmp_path):
+    async def main():
+        async with Parent(tmp_path) as parent:
+            dl = child(tmp_path)
+            with pytest.raises(PieceFailed, match="HTTP 403") as e:
+                await dl._fetch_piece(0, parent.addr, TID, "not-the-token", parent.sha(0))
+            assert not e.value.corrupt and not dl.files.have[0]
+            assert dl.host.piece_pool.idle_count(parent.addr) == 0     # that connection closed
+    run(main())
+
+
+def test_wrong_bytes_are_a_corrupt_piece(tmp_path):
+    async def main():
+        async with Parent(tmp_path) as parent:
+            dl = child(tmp_path)
+            with pytest.raises(PieceFailed, match="digest mismatch") as e:
+                await dl._fetch_piece(0, parent.addr, TID, TOKEN, "0" * 64)
+            assert e.value.corrupt and not dl.files.have[0]
+            assert "dragonfly_dfdaemon_piece_corrupt_total 1" in dl.host.metrics.render()
+    run(main())
+
+
+def test_pacing_holds_the_download_bucket_rate(tmp_path):
+    async def main():
+        async with Parent(tmp_path) as parent:
+            dl = child(tmp_path)
+            rate = 4 * MiB
+            dl.host.download_bucket = bucket(rate)     # burst: a quarter second (1 MiB)
+            t0 = time.monotonic()
+            for p in (0, 1):
+                await dl._fetch_piece(p, parent.addr, TID, TOKEN, parent.sha(p))
+            took = time.monotonic() - t0
+            expected = (2 * PIECE - rate * 0.25) / rate     # ~0.8 s
+            assert expected * 0.85 <= took <= expected + 1.5, (took, expected)
+    run(main())
+
+
+def test_unreachable_parent_is_a_piece_failure(tmp_path):
+    async def main():
+        async with Scripted(lambda n, r, w: None) as s:
+            addr = s.addr
+        dl = child(tmp_path)                            # the port is closed now
+        with pytest.raises(PieceFailed, match="cannot connect"):
+            await dl._fetch_piece(0, addr, TID, TOKEN, "0" * 64)
+    run(main())
+
+
+# ---- bad parents -----------------------------------------------------------------------------
+def test_more_bytes_than_the_content_length_is_corrupt(tmp_path):
+    async def answer(n, r, w):
+        w.write(head(len(BODY)) + BODY + b"extra bytes")
+        await w.drain()
+        await r.read()
+
+    async def main():
+        async with Scripted(answer) as s:
+            with pytest.raises(FetchError, match="past the Content-Length") as e:
+                await fetch(Pool(), s.addr)
+            assert e.value.corrupt
+    run(main())
+
+
+def test_more_bytes_than_the_piece_holds_is_corrupt_through_fetch_piece(tmp_path):
+    async def answer(n, r, w):
+        w.write(head(PIECE + 1))
+        await w.drain()
+        await r.read()
+
+    async def main():
+        async with Scripted(answer) as s:
+            dl = child(tmp_path)
+            with pytest.raises(PieceFailed, match="more bytes than the piece holds") as e:
+                await dl._fetch_piece(0, s.addr, TID, TOKEN, "0" * 64)
+            assert e.value.corrupt
+    run(main())
+
+
+def test_fewer_bytes_then_close_is_an_ordinary_failure(tmp_path):
+    async def answer(n, r, w):
+        w.write(head(len(BODY)) + BODY[:100_000])
+        await w.drain()
+        return False                                    # and close
+
+    async def main():
+        async with Scripted(answer) as s:
+            with pytest.raises(FetchError, match=f"sent 100000 of {len(BODY)} bytes") as e:
+                await fetch(Pool(), s.addr)
+            assert not e.value.corrupt
+    run(main())
+
+
+@pytest.mark.parametrize("answer, message", [
+    (head(len(BODY) - 1), "announced"),
+    (head(None), "without a Content-Length"),
+    (head(None, extra="Transfer-Encoding: chunked\r\n"), "Transfer-Encoding: chunked"),
+    (head(None, status="404 Not Found"), "HTTP 404"),
+    (b"SSH-2.0-OpenSSH\r\n\r\n", "other than HTTP"),
+])
+def test_answers_that_are_not_a_piece(tmp_path, answer, message):
+    async def reply(n, r, w):
+        w.write(answer)
+        await w.drain()
+        await r.read()
+
+    async def main():
+        async with Scripted(reply) as s:
+            pool = Pool()
+            with pytest.raises(FetchError, match=message) as e:
+                await fetch(pool, s.addr)
+            assert not e.value.corrupt
+            await asyncio.wait_for(s.closed.wait(), 5)   # the client closed that connection
+            assert pool.idle_count(s.addr) == 0
+    run(main())
+
+
+def test_a_huge_header_is_refused(tmp_path):
+    async def answer(n, r, w):
+        w.write(b"HTTP/1.1 200 OK\r\n" + b"X-Padding: " + b"x" * (piecefetch.HEADER_MAX + 10) + b"\r\n\r\n")
+        await w.drain()
+        await r.read()
+
+    async def main():
+        async with Scripted(answer) as s:
+            with pytest.raises(FetchError, match=f"over {piecefetch.HEADER_MAX} bytes"):
+                await fetch(Pool(), s.addr)
+    run(main())
+
+
+def test_a_stalled_parent_times_out_through_fetch_piece(tmp_path):
+    async def answer(n, r, w):
+        w.write(head(PIECE) + b"x" * 5000)
+        await w.drain()
+        await r.read()
+
+    async def main():
+        async with Scripted(answer) as s:
+            dl = child(tmp_path, pool=Pool(stall_timeout=0.5))
+            t0 = time.monotonic()
+            with pytest.raises(PieceFailed, match="no byte from the parent for 0.5 s") as e:
+                await dl._fetch_piece(0, s.addr, TID, TOKEN, "0" * 64)
+            assert not e.value.corrupt and 0.4 < time.monotonic() - t0 < 3
+            await asyncio.wait_for(s.closed.wait(), 5)
+    run(main())
+
+
+def test_a_parent_that_drips_hits_the_total_timeout(tmp_path):
+    async def answer(n, r, w):
+        w.write(head(len(BODY)))
+        for _ in range(100):
+            w.write(b"x")
+            await w.drain()
+            await asyncio.sleep(0.05)
+
+    async def main():
+        async with Scripted(answer) as s:
+            with pytest.raises(FetchError, match="within 0.5 s"):
+                await fetch(Pool(stall_timeout=0.3), s.addr, timeout=0.5)
+    run(main())
+
+
+def test_cancel_closes_the_connection(tmp_path):
+    async def answer(n, r, w):
+        w.write(head(len(BODY)) + BODY[:1000])
+        await w.drain()
+        await r.read()
+
+    async def main():
+        async with Scripted(answer) as s:
+            pool = Pool()
+            job = asyncio.create_task(fetch(pool, s.addr))
+            await asyncio.sleep(0.3)
+            job.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await job
+            await asyncio.wait_for(s.closed.wait(), 5)   # the server saw the socket close
+            await asyncio.sleep(0)
+            assert not pool._open
+    run(main())
+
+
+def test_a_reused_connection_closed_by_the_parent_is_retried_once_on_a_fresh_one(tmp_path):
+    async def answer(n, r, w):
+        if n == 1:                          # the second request on a connection: hang up
+            return False
+        w.write(head(len(BODY)) + BODY)
+        await w.drain()
+
+    async def main():
+        async with Scripted(answer) as s:
+            pool = Pool()
+            assert await fetch(pool, s.addr) == BODY
+            assert pool.idle_count(s.addr) == 1
+            assert await fetch(pool, s.addr) == BODY
+            assert (pool.connects, pool.reuses, s.connections) == (2, 1, 2)
+            pool.close()
+    run(main())
+
+
+def test_sink_errors_pass_through_and_close_the_connection(tmp_path):
+    async def answer(n, r, w):
+        w.write(head(len(BODY)) + BODY)
+        await w.drain()
+        await r.read()
+
+    async def main():
+        async with Scripted(answer) as s:
+            pool = Pool(batch=64 * 1024)
+
+            async def sink(batch):
+                raise OSError(28, "No space left on device")
+
+            with pytest.raises(OSError, match="No space"):
+                await pool.fetch(s.addr, "/p", {}, len(BODY), sink, timeout=5)
+            await asyncio.wait_for(s.closed.wait(), 5)
+            assert pool.idle_count(s.addr) == 0
+    run(main())
+
+
+def test_small_batches_arrive_in_order_with_flow_control(tmp_path):
+    async def answer(n, r, w):
+        w.write(head(len(BODY)) + BODY)
+        await w.drain()
+
+    async def main():
+        async with Scripted(answer) as s:
+            pool = Pool(batch=7000)
+            sizes = []
+            got = bytearray()
+
+            async def sink(batch):
+                sizes.append(len(batch))
+                got.extend(batch)
+                await asyncio.sleep(0.001)          # a slow consumer: reading pauses, resumes
+
+            await pool.fetch(s.addr, "/p", {}, len(BODY), sink, timeout=10)
+            assert bytes(got) == BODY
+            assert all(k == 7000 for k in sizes[:-1]) and sizes[-1] == len(BODY) % 7000
+            assert pool.idle_count(s.addr) == 1
+            pool.close()
+    run(main())
+
+
+def test_header_line_breaks_are_refused_before_sending(tmp_path):
+    async def main():
+        with pytest.raises(FetchError, match="line break"):
+            await Pool().fetch("127.0.0.1:1", "/p", {"X-Dfly-Token": "a\r\nEvil: 1"}, 1, None, timeout=1)
+    run(main())
