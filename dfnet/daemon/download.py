@@ -145,6 +145,7 @@ class Download:
         window = 1
         try:
             while True:
+                asked = time.monotonic()
                 reply = await sn.sync(h.session, addr, tid, token, {
                     "peer": h.peer_id, "done": done, "failed": failed, "source": source,
                     "have": have, "idle": not inflight})
@@ -164,8 +165,12 @@ class Download:
                 if reply.done and not inflight and not files.complete:
                     raise DownloadError("supernode says done but pieces are missing", PROTOCOL)
                 if not inflight:
-                    if reply.retry_after:
-                        await asyncio.sleep(reply.retry_after)
+                    # an idle sync is a long poll: the supernode held it until a parent freed
+                    # a slot for us or `retry_after` passed, so ask again now. Sleeping here
+                    # as well would miss the wake-ups (a child backed off to 8 s slept 8 more).
+                    wait = reply.retry_after - (time.monotonic() - asked)
+                    if wait > 0:
+                        await asyncio.sleep(wait)
                     continue
                 window = max(window, len(inflight))
                 # report in batches: wait for the first result, then gather more for up to

@@ -1,0 +1,123 @@
+"""The sim-to-real gap suite: `dfly testbed --compare` on the cases issue 7 names, one report.
+
+    python -m experiments.testbed.gap --learned file:runs/learned/ps-v0.npz [--out reports/testbed]
+
+Owns the list of cases and the report that judges them; the runs themselves are the real
+command, `dfly testbed SCENARIO --compare --json --figure`, one process each (root needed).
+
+Rules kept here:
+- Cases: the Fig. 3 scenario scaled to 40 hosts, and the two-IDC testbed scenario, each with
+  `heuristic:d2` and with the learned piece selector given by `--learned`. The Fig. 3 scaling
+  keeps the figure's shape (source and seed ten times a host's NIC, simultaneous arrival) and
+  divides rates by five and the file by three, so 40 daemons fit two cores; it uses one
+  supernode, because the live runtime schedules a task on one (README, Testbed).
+- Targets (issue 7): median completion within 15% and p95 within 25% of live, and the same
+  order of the two policies (by p95) in simulation and live. The report says which hold.
+- Each case's JSON and CDF figure are kept next to the report, so the table can be checked.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SCENARIOS = ROOT / "experiments" / "scenarios"
+
+FIG3_40 = ["hosts.0.count=40", "hosts.0.download=20Mbps", "hosts.0.upload=20Mbps", "file.size=64MiB",
+           "source.upload=200Mbps", "supernodes.0.count=1", "supernodes.0.upload=200Mbps"]
+CASES = [
+    ("fig3-40", SCENARIOS / "fig3.toml", FIG3_40),
+    ("2idc-40", SCENARIOS / "testbed-2idc.toml", []),
+]
+TARGETS = {"p50": 0.15, "p95": 0.25}
+
+
+def run_case(name: str, scenario: Path, sets: list[str], policy: str, out: Path) -> dict:
+    cmd = [sys.executable, "-m", "experiments.cli", "testbed", str(scenario), "--compare", "--json",
+           "--policy", policy, "--figure", str(out / f"{name}.png")]
+    for s in sets:
+        cmd += ["--set", s]
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if p.returncode != 0:
+        last = (p.stderr.strip().splitlines() or ["no message"])[-1]
+        raise SystemExit(f"gap: {name} failed (exit {p.returncode}): {last}")
+    result = json.loads(p.stdout)
+    result["case"] = {"name": name, "scenario": str(scenario.relative_to(ROOT)), "set": sets,
+                      "policy": policy, "wall_s": round(time.perf_counter() - t0, 1)}
+    (out / f"{name}.json").write_text(json.dumps(result, indent=1, sort_keys=True))
+    return result
+
+
+def render(results: list[dict], learned: str) -> str:
+    lines = ["# Testbed: the sim-to-real gap", "",
+             "Rendered by `python -m experiments.testbed.gap "
+             f"--learned {learned}` (root; `dfly testbed --compare` per case). "
+             "Error r = sim / live - 1; targets: |r| <= 15% for p50, <= 25% for p95.", "",
+             "| case | policy | live p50 | sim p50 | r p50 | live p95 | sim p95 | r p95 | live max | sim max "
+             "| origin egress r | daemons' CPU share | targets |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for res in results:
+        c, sim, live, err = res["case"], res["sim"], res["live"], res["error"]
+        ok = all(err[k] is not None and abs(err[k]) <= t for k, t in TARGETS.items())
+        cpu = live.get("cpu", {})
+        share = cpu.get("daemons_share_of_machine")
+        lines.append(
+            f"| {c['name']} | {c['policy']} | {live['completion_s']['p50']} | {sim['completion_s']['p50']} "
+            f"| {err['p50']:+.1%} | {live['completion_s']['p95']} | {sim['completion_s']['p95']} | {err['p95']:+.1%} "
+            f"| {live['completion_s']['max']} | {sim['completion_s']['max']} | {err['source_egress']:+.1%} "
+            f"| {'' if share is None else f'{share:.0%}'} | {'hold' if ok else 'missed'} |")
+    lines += ["", "## Policy order (by p95)", "",
+              "| case | simulated, best first | live, best first | same order |", "| --- | --- | --- | --- |"]
+    for name in dict.fromkeys(r["case"]["name"] for r in results):
+        rows = [r for r in results if r["case"]["name"] == name]
+        if len(rows) < 2:
+            continue
+        sim_order = [r["case"]["policy"] for r in sorted(rows, key=lambda r: r["sim"]["completion_s"]["p95"])]
+        live_order = [r["case"]["policy"] for r in sorted(rows, key=lambda r: r["live"]["completion_s"]["p95"])]
+        lines.append(f"| {name} | {', '.join(sim_order)} | {', '.join(live_order)} | "
+                     f"{'yes' if sim_order == live_order else 'no'} |")
+    lines += ["", "## Cases", ""]
+    for res in results:
+        c = res["case"]
+        sets = " ".join(f"--set {s}" for s in c["set"])
+        lines.append(f"- `{c['name']}` / `{c['policy']}`: `dfly testbed {c['scenario']} {sets} --policy "
+                     f"{c['policy']} --compare` ({c['wall_s']} s); [json]({c['name']}-{_slug(c['policy'])}.json), "
+                     f"![CDF]({c['name']}-{_slug(c['policy'])}.png)")
+    return "\n".join(lines) + "\n"
+
+
+def _slug(policy: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in policy.split("/")[-1]).strip("-")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m experiments.testbed.gap", description=__doc__.splitlines()[0])
+    ap.add_argument("--learned", required=True, metavar="URI", help="the learned piece selector to compare")
+    ap.add_argument("--out", default=str(ROOT / "reports" / "testbed"), metavar="DIR")
+    ap.add_argument("--only", default=None, help="run the cases whose name starts with this")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for name, scenario, sets in CASES:
+        if args.only and not name.startswith(args.only):
+            continue
+        for policy in ("heuristic:d2", args.learned):
+            print(f"gap: {name} with {policy} ...", file=sys.stderr, flush=True)
+            res = run_case(f"{name}-{_slug(policy)}", scenario, sets, policy, out)
+            res["case"]["name"] = name
+            results.append(res)
+            print(f"gap: {name} {policy}: r p50 {res['error']['p50']:+.1%}, r p95 {res['error']['p95']:+.1%}",
+                  file=sys.stderr, flush=True)
+    (out / "README.md").write_text(render(results, args.learned))
+    print(f"gap: report in {out / 'README.md'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
