@@ -2,12 +2,14 @@
 
 Rules kept here:
 - Bytes stream from the origin straight to the task's data file (written and hashed off the
-  event loop, `PieceWriter`); each piece is sha256'd as it passes and offered to the swarm the moment its last byte is written (`on_piece`), so
-  children start while the origin download is still running.
+  event loop, `PieceWriter`); each piece is sha256'd as it passes and offered to the swarm
+  the moment its last byte is written (`on_piece`), so children start while the origin
+  download is still running.
 - An interrupted download resumes at the first byte not yet received (the piece being cut
-  keeps its partial hash across the break), with `Range` and an `If-Range` validator: if the file changed meanwhile, the task fails instead of mixing two
-  versions. An origin without range support is read again from the start, skipping what
-  is held. After `RETRIES` failures in a row the task fails with the last reason.
+  keeps its partial hash across the break), with `Range` and an `If-Range` validator: if
+  the file changed meanwhile, the task fails instead of mixing two versions. An origin
+  without range support is read again from the start, skipping what is held. After
+  `RETRIES` failures in a row the task fails with the last reason.
 - Source headers live only in this coroutine's arguments: never stored, never logged.
 """
 from __future__ import annotations
