@@ -204,6 +204,27 @@ def test_second_download_is_served_from_the_cache_after_revalidation(cluster):
     assert _sha(cluster.root / "c.bin") == new_sha
 
 
+def test_preheat_of_a_file_url_warms_every_supernode(cluster):
+    """`dfly preheat URL`: both supernodes hold the file afterwards, the origin sent it about
+    once per supernode, and downloads through either send nothing more from the origin."""
+    import json
+    url, sha = cluster.file("warm.bin")
+    sns = [cluster.supernode(f"sn{i}", "--revalidate-s", "600") for i in range(2)]
+    r = nodes.subprocess_run([nodes.PY, "-m", "experiments.cli", "preheat", url,
+                              *[a for sn in sns for a in ("--supernode", sn.addr)]])
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["bytes"] == SIZE and "warmed" in r.stderr
+    sent = cluster.origin_bytes()
+    assert sent <= 2 * SIZE * 1.1
+    for i, sn in enumerate(sns):
+        d = cluster.daemon(f"d{i}", "--supernode", sn.addr)
+        r = nodes.dfget(url, "-O", str(cluster.root / f"out{i}.bin"), "--daemon", d.addr)
+        assert r.returncode == 0, r.stderr
+        assert _sha(cluster.root / f"out{i}.bin") == sha
+    assert cluster.origin_bytes() == sent
+
+
 @pytest.mark.parametrize("case, code", [
     ("bad-url", errors.USAGE), ("bad-header", errors.USAGE), ("bad-digest-text", errors.USAGE),
     ("no-such-folder", errors.FILE_IO), ("404", errors.SERVER_ERROR), ("unreachable", errors.NETWORK),

@@ -218,6 +218,31 @@ def test_preheat_makes_the_first_pull_p2p(world, nodeset, tmp_path):
 
 
 @needs_tools
+def test_blob_redirects_are_followed_by_the_fetcher(world, nodeset, tmp_path):
+    """A registry that redirects a blob GET to storage (here its own address, another origin):
+    whoever goes back to source follows it, the blob is fetched once for both daemons, and
+    skopeo sees only the blob."""
+    amd, layer = world["image"]["manifests"][PLAT], _own_layer(world["image"])
+    front = R.front(world["registry"].addr, world["logs"], "front-redirect")
+    try:
+        front.post_json("/_front/faults", {"redirect": [layer]})
+        sn = nodeset.supernode()
+        d1, d2 = nodeset.daemon("d1", sn, front.addr), nodeset.daemon("d2", sn, front.addr)
+        for i, d in enumerate((d1, d2)):
+            r = _pull(front.addr, d, tmp_path / f"out{i}")
+            assert r.returncode == 0, r.stderr
+            _assert_same_image(world, tmp_path / f"out{i}")
+        gets = [r for r in R.front_stats(front)["requests"] if r["method"] == "GET" and r["path"].endswith(layer)]
+        assert [(r["status"], r["bytes"]) for r in gets] == [(307, 0)], gets
+        for d in (d1, d2):
+            m = d.get_text("/metrics")
+            assert _metric(m, "dragonfly_dfdaemon_proxy_request_total", type="p2p") >= len(amd["blobs"])
+            assert _metric(m, "dragonfly_dfdaemon_proxy_request_failure_total") == 0
+    finally:
+        front.stop()
+
+
+@needs_tools
 def test_auth_registry_credentials_stay_with_their_owner(world, nodeset, tmp_path):
     reg = R.Registry(tmp_path / "authreg", users=dict([ALICE, BOB]))
     try:

@@ -1,6 +1,7 @@
 """Registry mirror benchmark (issue 4): 8 pulls of one image at once, through daemons vs direct.
 
     .venv/bin/python tests/benchmarks/bench_mirror.py [--layers 5] [--layer-mib 100] [--hosts 8]
+                                                      [--registry-mbps 0]
 
 Builds a single-platform OCI image (`--layers` gzip layers of `--layer-mib` MiB of random
 data), pushes it to Debian's docker-registry on loopback, and puts the counting front of
@@ -9,7 +10,9 @@ tests/live/registry.py before it. Then, in the same run:
 2. `mirror`: a supernode and `--hosts` daemons, one concurrent `skopeo copy` through each
    daemon's mirror (registries.conf forces it).
 Reports the wall time until the last copy finished and the registry's egress (bytes the
-front sent) in each case, as one JSON object. Every process shares this machine's cores.
+front sent) in each case, as one JSON object. Every process shares this machine's cores, and
+loopback has no bandwidth limit of its own; `--registry-mbps` caps the registry's uplink (the
+front paces everything it sends), as a registry's NIC or a cloud registry's quota would.
 """
 from __future__ import annotations
 
@@ -53,6 +56,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=5)
     ap.add_argument("--layer-mib", type=int, default=100)
     ap.add_argument("--hosts", type=int, default=8)
+    ap.add_argument("--registry-mbps", type=float, default=0.0, help="registry uplink in Mbit/s; 0: no cap")
     a = ap.parse_args()
     if R.MISSING:
         raise SystemExit(f"not installed: {', '.join(R.MISSING)}")
@@ -72,7 +76,7 @@ def main() -> None:
         if r.returncode:
             raise SystemExit(f"push failed: {r.stderr.strip()[-500:]}")
         shutil.rmtree(tmp / "image")
-        front = R.front(reg.addr, logs)
+        front = R.front(reg.addr, logs, rate=a.registry_mbps * 1e6 / 8)
         started.append(front)
         setup_s = time.monotonic() - t0
 
@@ -97,7 +101,7 @@ def main() -> None:
         mirror_s = copies(front.addr, outs, confs)
         mirror_egress = egress(front, mark)
         print(json.dumps({
-            "image_bytes": size, "layers": a.layers, "hosts": a.hosts, "setup_s": round(setup_s, 1),
+            "image_bytes": size, "layers": a.layers, "hosts": a.hosts, "registry_mbps": a.registry_mbps or None, "setup_s": round(setup_s, 1),
             "direct": {"seconds": round(direct_s, 2), "registry_egress_bytes": direct_egress,
                        "egress_x_image": round(direct_egress / size, 3)},
             "mirror": {"seconds": round(mirror_s, 2), "registry_egress_bytes": mirror_egress,

@@ -5,9 +5,10 @@
   folder of the test's.
 - The front (`python -m tests.live.registry front UPSTREAM`): a pass-through in front of the
   registry that counts what it sends per request (`GET /_front/stats`), and can serve a
-  blob with one byte flipped (`POST /_front/faults {"tamper": ["sha256:..."]}`), so the tests
-  see exactly what left the registry and can make it lie. It forwards every header (each
-  Accept line too) and never follows redirects.
+  blob with one byte flipped (`POST /_front/faults {"tamper": ["sha256:..."]}`), or answer a
+  blob GET with a 307 to the registry's own address (`{"redirect": [...]}`, as registries
+  redirect to storage), so the tests see exactly what left the registry and can make it
+  lie. It forwards every header (each Accept line too) and never follows redirects.
 - `build_image`: an OCI layout with real tar layers (random file contents, gzip level 0 so a
   big image builds fast), one image per platform sharing a base layer, and a multi-platform
   index tagged in `index.json`.
@@ -101,9 +102,11 @@ class Registry:
         self.log.close()
 
 
-def front(upstream: str, log_dir: Path, name: str = "front") -> Node:
-    """The counting / tampering pass-through in front of `upstream` (HOST:PORT)."""
-    return Node(name, [PY, "-m", "tests.live.registry", "front", upstream], log_dir)
+def front(upstream: str, log_dir: Path, name: str = "front", rate: float = 0.0) -> Node:
+    """The counting / tampering pass-through in front of `upstream` (HOST:PORT); `rate` > 0
+    caps everything it sends, all requests together, at that many bytes per second (a
+    registry's uplink)."""
+    return Node(name, [PY, "-m", "tests.live.registry", "front", upstream, "--rate", str(rate)], log_dir)
 
 
 def front_stats(node: Node) -> dict:
@@ -217,15 +220,22 @@ def layout_blobs(folder: Path) -> dict[str, bytes]:
 
 
 # ---- the front ---------------------------------------------------------------------------
-def front_app(upstream: str):
+def front_app(upstream: str, rate: float = 0.0):
     import aiohttp
     from aiohttp import web
     from multidict import CIMultiDict
 
     stats = {"requests": []}
-    faults = {"tamper": set()}
+    faults = {"tamper": set(), "redirect": set()}
     hop = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host"}
     session: list = []
+    uplink = {"free_at": 0.0}             # when the shared uplink has sent everything so far
+
+    async def pace(n: int) -> None:
+        if rate > 0:
+            now = time.monotonic()
+            uplink["free_at"] = max(now, uplink["free_at"]) + n / rate
+            await asyncio.sleep(uplink["free_at"] - now)
 
     async def forward(request: web.Request) -> web.StreamResponse:
         if not session:
@@ -236,6 +246,9 @@ def front_app(upstream: str):
                   "header_names": sorted({k.lower() for k in request.headers}),
                   "headers": [[k, v] for k, v in request.headers.items()]}
         stats["requests"].append(record)
+        if request.method == "GET" and request.path.rsplit("/", 1)[-1] in faults["redirect"]:
+            record["status"] = 307
+            return web.Response(status=307, headers={"Location": f"http://{upstream}{request.raw_path}"})
         async with session[0].request(request.method, f"http://{upstream}{request.raw_path}", headers=headers,
                                       data=body, allow_redirects=False) as up:
             resp = web.StreamResponse(status=up.status, reason=up.reason)
@@ -249,6 +262,7 @@ def front_app(upstream: str):
                 if tamper and chunk:            # same length, one byte flipped: only the digest tells
                     chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
                     tamper = False
+                await pace(len(chunk))
                 await resp.write(chunk)
                 record["bytes"] += len(chunk)
             await resp.write_eof()
@@ -259,8 +273,9 @@ def front_app(upstream: str):
 
     async def set_faults(request):
         body = await request.json()
-        faults["tamper"] = set(body.get("tamper", []))
-        return web.json_response({"tamper": sorted(faults["tamper"])})
+        for kind in faults:
+            faults[kind] = set(body.get(kind, []))
+        return web.json_response({k: sorted(v) for k, v in faults.items()})
 
     async def reset(request):
         stats["requests"].clear()
@@ -274,10 +289,10 @@ def front_app(upstream: str):
     return app
 
 
-async def _serve_front(upstream: str, listen: str) -> None:
+async def _serve_front(upstream: str, listen: str, rate: float) -> None:
     from aiohttp import web
     host, port = listen.rsplit(":", 1)
-    runner = web.AppRunner(front_app(upstream), access_log=None)
+    runner = web.AppRunner(front_app(upstream, rate), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, int(port))
     await site.start()
@@ -292,5 +307,6 @@ if __name__ == "__main__":
     f = sub.add_parser("front")
     f.add_argument("upstream")
     f.add_argument("--listen", default="127.0.0.1:0")
+    f.add_argument("--rate", type=float, default=0.0, help="bytes/s for everything sent; 0: no cap")
     a = ap.parse_args()
-    asyncio.run(_serve_front(a.upstream, a.listen))
+    asyncio.run(_serve_front(a.upstream, a.listen, a.rate))
