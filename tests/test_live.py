@@ -225,6 +225,31 @@ def test_preheat_of_a_file_url_warms_every_supernode(cluster):
     assert cluster.origin_bytes() == sent
 
 
+def test_proxy_rules_send_matching_files_p2p_and_pass_the_rest(cluster):
+    """A daemon used as a plain HTTP proxy with `--proxy-rule`: GETs whose URL matches go P2P
+    (the origin sends the file once for two daemons), others pass through untouched; a bad
+    rule is one line and exit 2."""
+    import urllib.request
+    url, sha = cluster.file("rule.bin")
+    (cluster.root / "files" / "note.txt").write_text("plain")
+    sn = cluster.supernode()
+    ds = [cluster.daemon(f"d{i}", "--supernode", sn.addr, "--proxy-listen", "127.0.0.1:0",
+                         "--proxy-rule", r"\.bin$") for i in range(2)]
+    for d in ds:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": f"http://{d.info['proxy']}"}))
+        with opener.open(url, timeout=60) as r:
+            assert hashlib.sha256(r.read()).hexdigest() == sha
+        with opener.open(f"http://{cluster.origin.addr}/note.txt", timeout=60) as r:
+            assert r.read() == b"plain"
+    assert cluster.origin_bytes() <= SIZE * 1.1 + 2 * len("plain")
+    for d in ds:
+        m = d.get_text("/metrics")
+        assert _metric(m, 'dragonfly_dfdaemon_proxy_request_total{type="p2p"}') == 1
+        assert _metric(m, 'dragonfly_dfdaemon_proxy_request_total{type="passthrough"}') == 1
+    r = nodes.subprocess_run([nodes.PY, "-m", "experiments.cli", "daemon", "--proxy-rule", "(unclosed"])
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--proxy-rule" in r.stderr
+
+
 @pytest.mark.parametrize("case, code", [
     ("bad-url", errors.USAGE), ("bad-header", errors.USAGE), ("bad-digest-text", errors.USAGE),
     ("no-such-folder", errors.FILE_IO), ("404", errors.SERVER_ERROR), ("unreachable", errors.NETWORK),

@@ -142,7 +142,7 @@ def daemon(args: argparse.Namespace) -> int:
     up = _rate(args.upload_limit, "--upload-limit")
     _poll(args.policy_poll_s, "--policy-poll-s")
     rates = _policy(args.rate_policy, "rate-controller", download_bps=down, upload_bps=up)
-    if args.registry_mirror or args.proxy_listen:
+    if args.registry_mirror or args.proxy_listen or args.proxy_rule:
         _proxy_flags(args)
     from dfnet import logs
     logs.setup(args.log_level)
@@ -174,7 +174,7 @@ async def _daemon(args, host, port, up_host, up_port, data, rates) -> int:
         await up_runner.cleanup()
         raise
     proxy_runner, proxy = None, {}
-    if args.registry_mirror or args.proxy_listen:
+    if args.registry_mirror or args.proxy_listen or args.proxy_rule:
         try:
             proxy_runner, proxy["proxy"] = await serve.start(node.proxy_app(args.registry_mirror, args.proxy_rule),
                                                              *_addr(args.proxy_listen or DEFAULT_PROXY, "--proxy-listen"))
@@ -259,7 +259,8 @@ def add_parser(sub) -> None:
     d.add_argument("--registry-mirror", default=None, metavar="URL",
                    help="default upstream registry of the mirror/proxy listener (http(s)://HOST[:PORT])")
     d.add_argument("--proxy-listen", default=None, metavar="ADDR",
-                   help=f"mirror/proxy listener (default {DEFAULT_PROXY} when --registry-mirror is given)")
+                   help=f"mirror/proxy listener (default {DEFAULT_PROXY} when --registry-mirror or "
+                        "--proxy-rule is given)")
     d.add_argument("--proxy-rule", action="append", default=None, metavar="REGEX",
                    help="URLs whose GETs go P2P (repeatable; default: registry blobs by sha256 digest)")
     d.add_argument("--nic", default=None, help="interface whose counters the rate policy sees")
