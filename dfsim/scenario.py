@@ -214,6 +214,7 @@ class SchedulerSpec:
     seed_upload_slots: int | None = None   # per supernode; None: the core's default
     parent_sample: int = 15                # peers sampled as parent candidates (Dragonfly 2: 15)
     min_upload_bps: float | None = None    # slot width; None: mean host download / concurrent_pieces
+    link_slots: bool = False               # give each IDC link ceil(capacity / slot width) slots
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +273,12 @@ def _is_number(value: Any) -> bool:
 def _string(value: Any, path: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ScenarioError(path, f"must be a non-empty string, not {_show(value)}")
+    return value
+
+
+def _boolean(value: Any, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise ScenarioError(path, f"must be true or false, not {_show(value)}")
     return value
 
 
@@ -524,6 +531,7 @@ SECTIONS: dict[str, Section] = {
         "seed_upload_slots": Key(_integer(1), None),
         "parent_sample": Key(_integer(1), 15),
         "min_upload_rate": Key(_rate, None),
+        "link_slots": Key(_boolean, False),
     }, lambda v, p: _build(SchedulerSpec)({**{k: x for k, x in v.items() if k != "min_upload_rate"},
                                            "min_upload_bps": v["min_upload_rate"]}, p)),
 }

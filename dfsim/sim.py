@@ -255,6 +255,13 @@ class Simulation:
         slot_bps = slot_width(s, [h.download_bps for h in self.hosts])
         self.swarm = Swarm(self.task, s.upload_slots or slots, s.seed_upload_slots or seed_slots,
                            min_upload_bps=slot_bps, capacity=len(self.hosts) + len(self.supernodes) + 1)
+        if s.link_slots:
+            # a link has slots as an uplink does: as many transfers as it carries at a slot's width
+            for link in sc.links:
+                slots = max(1, math.ceil(link.capacity_bps / slot_bps - 1e-9)) if slot_bps > 0 else 1
+                a, b = link.between
+                self.swarm.limit_link(a, b, slots)
+                self.swarm.limit_link(b, a, slots)
         self.sched = Scheduler(self.swarm, self.selector,
                                SchedulerConfig(concurrent_pieces=s.concurrent_pieces,
                                                parents_per_piece=max(1, -(-s.parent_sample // 8))),

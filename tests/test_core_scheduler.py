@@ -135,6 +135,29 @@ def test_never_a_parent_whose_upload_slots_are_full_and_slot_accounting():
     assert swarm.uploads[free] == 0
 
 
+def test_a_full_idc_link_carries_no_more_transfers_until_one_ends():
+    swarm, sched = make(8, upload_slots=8)
+    far = peer(swarm, "far", "all", idc="hz")
+    kids = [peer(swarm, f"k{i}", idc="sg") for i in range(3)]
+    swarm.limit_link("hz", "sg", 2)
+    got = [sched.request(k, 0.0) for k in kids]
+    cross = [(k, a) for k, d in zip(kids, got) for a in d.assignments]
+    assert len(cross) == 2 and swarm.links[(swarm.idc_code("hz"), swarm.idc_code("sg"))] == [2, 2]
+    assert swarm.open[far]                      # the parent has free slots; the link has none
+    waiting = next(k for k, d in zip(kids, got) if not d.assignments)
+    assert sched.request(waiting, 0.0).kind == Decision.WAIT
+    # a piece ends (or fails): the link slot comes back and the next transfer takes it
+    k, a = cross[0]
+    sched.piece_failed(k, a.piece, a.parent)
+    assert sched.request(waiting, 0.1).assignments
+    # a local parent is not limited by the link; the reverse direction has no limit here
+    local = peer(swarm, "local", "all", idc="sg")
+    assert {a.parent for a in sched.request(peer(swarm, "k3", idc="sg"), 0.2).assignments} == {local}
+    assert sched.request(peer(swarm, "k4", idc="hz"), 0.2).assignments
+    with pytest.raises(ValueError):
+        swarm.limit_link("sg", "sg", 1)
+
+
 def test_upload_count_follows_each_assignment():
     swarm, sched = make(8, upload_slots=5)
     src = peer(swarm, "src", "all")

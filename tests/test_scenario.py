@@ -312,6 +312,7 @@ BAD = [
      "links.0.between", "unknown idc 'bj'"),
     ("twice declared idc", "idcs", [{"name": "hz"}, {"name": "hz"}], "idcs.1.name", "twice"),
     ("scheduler", "scheduler", {"concurrent_pieces": 0}, "scheduler.concurrent_pieces", ">= 1"),
+    ("link slots", "scheduler", {"link_slots": "yes"}, "scheduler.link_slots", "true or false, not 'yes'"),
     ("table expected", "file", "200MB", "file", "must be a table"),
 ]
 

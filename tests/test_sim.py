@@ -331,6 +331,23 @@ def test_two_idcs_with_a_limited_link():
     assert_not_below_physics(sim, s)
 
 
+def test_link_slots_keep_a_scarce_link_to_useful_transfers():
+    """With `link_slots`, a 100 Mbit/s link carries one transfer at a time (a slot's width is
+    200 Mbit/s here) instead of many trickles: fewer bytes cross it and sg finishes no later."""
+    runs = {}
+    for on in (False, True):
+        d = two_idcs("100Mbps")
+        d["scheduler"] = {"link_slots": on}
+        sim, s = simulate(d)
+        assert s["finished_hosts"] == 100
+        assert_conserved(sim)
+        assert_not_below_physics(sim, s)
+        runs[on] = s
+    assert sim.swarm.links == {(0, 1): [1, 0], (1, 0): [1, 0]}       # every slot given back
+    assert runs[True]["cross_idc_bytes"] < runs[False]["cross_idc_bytes"]
+    assert runs[True]["completion_s"]["max"] <= runs[False]["completion_s"]["max"]
+
+
 @pytest.mark.parametrize("host_upload, term", [
     ("10Mbps", "volume"),       # sg's own upload is small: 20 x 50 MB over 200 + 100 Mbps
     ("1Gbps", "seeding"),       # sg replicates fast; one copy over a 100 Mbps link is the floor

@@ -20,9 +20,10 @@ Rules kept here, in order, for one request:
    for it gets that parent's offers as its batch. Filtered before scoring: the child itself,
    its blocklist, and bad parents while anybody else can serve.
 3. The selector scores the whole batch in one call; the best pairs are assigned greedily,
-   one per piece, while the parent has free slots, up to the child's free download slots.
-   A selector that declares `parent_only` (its score ignores the piece; ties fall at random)
-   is not asked about a batch whose pairs all share one parent: the core orders them at
+   one per piece, while the parent has free slots (and the IDC link between them, if the
+   swarm gives it slots, has one free), up to the child's free download slots. A selector
+   that declares `parent_only` (its score ignores the piece; ties fall at random) is not
+   asked about a batch whose pairs all share one parent: the core orders them at
    random, which is what the selector would do. The rest of the ranking is kept for
    `batch_reuse_s`: the child's next free slots take the next pairs still valid (piece still
    needed, parent open), so a decision is paid once per few pieces, not once per piece. This
@@ -421,6 +422,7 @@ class Scheduler:
         held = sw.have_bits[child]
         blocked = sw.blocklist[child]
         check_bad = kept and sw.n_bad
+        links = sw.links
         keep = self.keep_features
         order = ranking.order
         used = 0
@@ -428,7 +430,7 @@ class Scheduler:
             piece = pieces[i]
             parent = parents[i]
             if piece in running or held >> piece & 1 or not open_[parent] or parent in blocked \
-                    or (check_bad and sw.bad[parent]):
+                    or (check_bad and sw.bad[parent]) or (links and not sw.link_open(parent, child)):
                 continue
             sw.start_transfer(child, piece, parent)
             out.append(Assignment(piece, parent, x[i].copy() if keep else None))

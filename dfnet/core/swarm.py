@@ -17,6 +17,11 @@ Rules kept here:
 - Bad parent (Dragonfly 2): its last piece cost more than mean + 3 sigma of its history, or
   more than 20x the mean while the history is short. A bad parent is skipped while others
   can serve; the flag clears with its next normal piece.
+- Link slots: a directed link between two IDCs may be given a number of slots
+  (`limit_link`); a transfer from a parent in one IDC to a child in the other holds one for
+  its life, taken and given back with the parent's upload slot. A scarce link then carries a
+  few transfers at a useful rate instead of hundreds of trickles that hold parents' upload
+  slots for minutes (Double 11: 10,000 hosts, two IDCs, one 10 Gbit/s link).
 - Recent traffic is kept as exponentially decayed byte counters (tau 5 s for the current
   rate, 60 s for "bytes sent last minute"), updated when a piece ends, so no timers are needed.
 - Two views of the same facts, for two kinds of reader. numpy arrays (`have`, `lack`,
@@ -135,6 +140,7 @@ class Swarm:
         self.levels: list[int] = [0, 0]     # levels[c]: pieces with c online holders (c >= 1)
         self.lowest = 1                     # the lowest non-empty level, if any piece is available
         self._idc_codes: dict[str, int] = {}
+        self.links: dict[tuple[int, int], list[int]] = {}   # (from idc, to idc) -> [slots, in use]
         self._locations = _Locations()
         # per-peer state kept as Python lists where the scheduler reads scalars in loops,
         # and as arrays where it gathers many at once
@@ -196,7 +202,7 @@ class Swarm:
         self._uploads.append(0)
         self.online_list.append(True)
         self._set_open(i, True)
-        self.idc[i] = self._idc_codes.setdefault(idc, len(self._idc_codes))
+        self.idc[i] = self.idc_code(idc)
         self.idc_list.append(int(self.idc[i]))
         self.loc[i] = self._locations.id(location)
         self.loc_list.append(int(self.loc[i]))
@@ -218,6 +224,30 @@ class Swarm:
         self._cost.append([0.0, 0.0, 0.0, 0.0])
         self._sent.append([0.0, 0.0, 0.0])
         return i
+
+    def idc_code(self, idc: str) -> int:
+        return self._idc_codes.setdefault(idc, len(self._idc_codes))
+
+    def limit_link(self, src_idc: str, dst_idc: str, slots: int) -> None:
+        """At most `slots` transfers at once from parents in `src_idc` to children in `dst_idc`."""
+        if src_idc == dst_idc or slots < 1:
+            raise ValueError("a link joins two different IDCs and has at least one slot")
+        self.links[(self.idc_code(src_idc), self.idc_code(dst_idc))] = [slots, 0]
+
+    def link_open(self, parent: int, child: int) -> bool:
+        """Whether a transfer parent -> child may start as far as IDC links go."""
+        a, b = self.idc_list[parent], self.idc_list[child]
+        if a == b:
+            return True
+        link = self.links.get((a, b))
+        return link is None or link[1] < link[0]
+
+    def _hold_link(self, parent: int, child: int, delta: int) -> None:
+        a, b = self.idc_list[parent], self.idc_list[child]
+        if a != b:
+            link = self.links.get((a, b))
+            if link is not None:
+                link[1] += delta
 
     # ---- pieces --------------------------------------------------------------------------
     def add_piece(self, peer: int, piece: int) -> None:
@@ -307,6 +337,8 @@ class Swarm:
         self.running[child].add(piece)
         self.run_bits[child] |= 1 << piece
         self._set_uploads(parent, self._uploads[parent] + 1)
+        if self.links:
+            self._hold_link(parent, child, 1)
 
     def finish_transfer(self, child: int, piece: int, parent: int, nbytes: int, cost_s: float,
                         now: float) -> None:
@@ -314,6 +346,8 @@ class Swarm:
         self.running[child].discard(piece)
         self.run_bits[child] &= ~(1 << piece)
         self._set_uploads(parent, self._uploads[parent] - 1)
+        if self.links:
+            self._hold_link(parent, child, -1)
         ok = self._served_ok[parent] = self._served_ok[parent] + 1
         pfeat = self.pfeat
         pfeat[parent, _SUCCESS] = ok / (ok + self._served_fail[parent])
@@ -337,6 +371,8 @@ class Swarm:
         self.running[child].discard(piece)
         self.run_bits[child] &= ~(1 << piece)
         self._set_uploads(parent, self._uploads[parent] - 1)
+        if self.links:
+            self._hold_link(parent, child, -1)
         self._served_fail[parent] += 1
         ok = self._served_ok[parent]
         self.pfeat[parent, _SUCCESS] = ok / (ok + self._served_fail[parent])
