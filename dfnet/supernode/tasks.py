@@ -15,6 +15,8 @@ Rules kept here:
   goes offline with its transfers, the new one starts from the pieces it proves it holds.
 - The digest of a piece a back-to-source peer fetched is accepted only if the seed has none
   for that piece yet.
+- An idle peer whose results woke waiting children decides after them (for at most
+  `YIELD_S`), as in the simulator: a slot it freed goes to the child the core woke for it.
 """
 from __future__ import annotations
 
@@ -35,6 +37,9 @@ CORRUPT_REPORTERS = 2
 # seed gets ceil(limit / this) slots, so peers serve each other instead of queueing on it
 # (`dfly supernode --min-upload-rate`; the testbed passes the simulator's width)
 MIN_UPLOAD_BPS = 4 << 20
+# an idle peer whose results woke waiting children lets them decide first, for at most this
+# long (they are usually held in a long poll here and decide within milliseconds)
+YIELD_S = 0.1
 log = logging.getLogger("dfnet.supernode")
 SOURCE = "source"            # the parent id a peer names for pieces it fetched from the origin
 
@@ -58,6 +63,9 @@ class SupernodeTask:
         self.events: dict[int, asyncio.Event] = {}
         self.fail_streak: dict[int, int] = {}
         self.corrupt_from: dict[int, set[int]] = {}     # parent -> children it sent bad pieces
+        # idle reporter -> (children its results woke that have not decided yet, until when)
+        self.yielding: dict[int, tuple[set[int], float]] = {}
+        self._woken: list[int] | None = None
         self.digests: list[str | None] = list(files.digests)
         for piece in range(task.n_pieces):
             if files.have[piece]:
@@ -110,6 +118,7 @@ class SupernodeTask:
         for piece, parent in self.inflight.pop(i, {}).items():
             self._wake(self.scheduler.piece_failed(i, piece, parent))
         self.swarm.remove_peer(i)
+        self.yielding.pop(i, None)
         ev = self.events.pop(i, None)
         if ev is not None:
             ev.set()
@@ -125,6 +134,23 @@ class SupernodeTask:
         """Apply a peer's reported results; return its swarm index."""
         child = self.child_of(msg.peer)
         self.last_activity = time.monotonic()
+        self._woken = []
+        try:
+            self._apply(child, msg, now)
+        finally:
+            woken, self._woken = set(self._woken) - {child}, None
+        # The core gives a freed slot to the waiting child furthest behind (it wakes it with
+        # the slot as a hint), and the simulator lets the woken children ask before the peer
+        # that reported. Here the reporter's own decision comes first, in the same request,
+        # so an idle reporter took the slot it had just freed on the seed, and the laggard
+        # woken for it found it gone: in the testbed's flash crowd the first ten peers kept
+        # the seed while thirty waited, and fewer peers held pieces to share. So an idle
+        # reporter waits (held, as any idle sync) until those children have decided.
+        if msg.idle and woken:
+            self.yielding[child] = (woken, now + YIELD_S)
+        return child
+
+    def _apply(self, child: int, msg: Sync, now: float) -> None:
         flight = self.inflight[child]
         for piece, parent_id, nbytes, cost in msg.done:
             parent = self.index.get(parent_id, -1)
@@ -161,12 +187,21 @@ class SupernodeTask:
                 self.digests[piece] = digest
             if self.digests[piece] == digest:
                 self._wake(self.scheduler.piece_added(child, piece))
-        return child
 
     def decide(self, child: int, now: float) -> SyncReply:
         """The core's decision for `child`, on the wire."""
         if self.error:
             return SyncReply([], done=False)
+        for reporter, (woken, _) in list(self.yielding.items()):     # this child's turn now
+            if child in woken:
+                woken.discard(child)
+                if not woken:
+                    self._wake([reporter])
+        if child in self.yielding:
+            woken, until = self.yielding[child]
+            if woken and now < until:
+                return SyncReply([], retry_after=until - now)
+            del self.yielding[child]
         d = self.scheduler.request(child, now)
         if d.kind == Decision.ASSIGN:
             out = []
@@ -186,6 +221,8 @@ class SupernodeTask:
         return self.events[child]
 
     def _wake(self, children: list[int]) -> None:
+        if self._woken is not None:
+            self._woken.extend(children)
         for c in children:
             ev = self.events.get(c)
             if ev is not None:
