@@ -90,3 +90,18 @@ def test_bad_experiment_files_are_refused_naming_the_key(tmp_path, capsys, body,
 def test_every_study_file_loads():
     for path in sorted((ROOT / "experiments" / "studies").glob("*.toml")):
         assert load_experiment(path).points()
+
+
+def test_report_refuses_what_is_not_a_results_table_in_one_line(tmp_path, capsys):
+    bad = tmp_path / "results.parquet"
+    bad.write_text("not parquet")
+    for target in (bad, tmp_path / "missing"):
+        capsys.readouterr()
+        assert main(["report", str(target), "--out", str(tmp_path / "r")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and str(target) in err and "Traceback" not in err
+    # an experiment file stands for its default results folder, runs/NAME
+    exp = tmp_path / "exp.toml"
+    exp.write_text('name = "never-swept-xyz"\n')
+    assert main(["report", str(exp)]) == 2
+    assert "runs/never-swept-xyz" in capsys.readouterr().err

@@ -36,9 +36,22 @@ def report(args: argparse.Namespace) -> int:
     from experiments.report import render
 
     src = Path(args.results)
+    if src.suffix == ".toml" and src.is_file():
+        # the experiment file itself: its results are where `dfly sweep` puts them by default
+        import tomllib
+        try:
+            name = tomllib.loads(src.read_text()).get("name") or src.stem
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise UsageError(f"{src}: not a valid experiment file ({e})") from None
+        src = Path("runs") / str(name)
     table = src / "results.parquet" if src.is_dir() else src
     if not table.is_file():
         raise UsageError(f"{src}: no results.parquet (run dfly sweep first)")
+    import pyarrow.parquet as pq
+    try:
+        pq.read_schema(table)
+    except (OSError, ValueError) as e:     # pyarrow's ArrowInvalid is a ValueError
+        raise UsageError(f"{table}: not a sweep's results table ({' '.join(str(e).split())[:200]})") from None
     out = Path(args.out or Path("reports") / (src.name if src.is_dir() else src.stem))
     print(render(src, out))
     return 0
