@@ -39,3 +39,11 @@ async def pace(buckets: tuple[TokenBucket, ...], n: int) -> None:
         wait = max(wait, b.take(n, now))
     if wait > 0:
         await asyncio.sleep(wait)
+
+
+def charge(buckets: tuple[TokenBucket, ...], n: int) -> None:
+    """Let `n` bytes that already passed count against every bucket, without sleeping (the
+    debt, if any, slows whatever passes next)."""
+    now = time.monotonic()
+    for b in buckets:
+        b.take(n, now)

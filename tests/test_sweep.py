@@ -102,6 +102,6 @@ def test_report_refuses_what_is_not_a_results_table_in_one_line(tmp_path, capsys
         assert len(err.splitlines()) == 1 and str(target) in err and "Traceback" not in err
     # an experiment file stands for its default results folder, runs/NAME
     exp = tmp_path / "exp.toml"
-    exp.write_text('name = "never-swept-xyz"\n')
+    exp.write_text(f'name = "never-swept-xyz"\nscenario = "{ROOT / "experiments" / "scenarios" / "fig3.toml"}"\n')
     assert main(["report", str(exp)]) == 2
     assert "runs/never-swept-xyz" in capsys.readouterr().err

@@ -47,7 +47,7 @@ from dfnet.logs import redact_url
 from dfnet.protocol import TOKEN_HEADER
 from dfnet.source import SourceError, open_source
 from dfnet.storage import PieceWriter, StorageError, TaskFiles
-from dfnet.throttle import bucket, pace
+from dfnet.throttle import bucket, charge, pace
 from dfnet.upload import Servable
 
 from . import supernodes as sn
@@ -227,7 +227,7 @@ class Download:
                 # that tail slept ~0.59 s at 10 Mbit/s: +17% on every piece (testbed, Fig. 3
                 # at 40 hosts). The debt stays in the buckets, so this host's next batch
                 # repays it and the limits hold. The disk limit paces the write as before.
-                _charge((h.download_bucket, self.task_bucket), len(batch))
+                charge((h.download_bucket, self.task_bucket), len(batch))
                 await pace((h.disk_bucket,), len(batch))
             await writer.feed_owned(batch)
             h.count_rx(len(batch))
@@ -335,13 +335,6 @@ class Download:
         if f.n_pieces and f.have[f.n_pieces - 1]:
             done -= f.n_pieces * f.piece_size - f.length
         self.progress(min(done, f.length), f.length)
-
-
-def _charge(buckets: tuple, n: int) -> None:
-    """Take `n` bytes from every bucket without sleeping (possibly into debt)."""
-    now = time.monotonic()
-    for b in buckets:
-        b.take(n, now)
 
 
 def _source_error(e: SourceError) -> DownloadError:

@@ -63,8 +63,10 @@ class SupernodeTask:
         self.events: dict[int, asyncio.Event] = {}
         self.fail_streak: dict[int, int] = {}
         self.corrupt_from: dict[int, set[int]] = {}     # parent -> children it sent bad pieces
-        # idle reporter -> (children its results woke that have not decided yet, until when)
+        # idle reporter -> (children its results woke that have not decided yet, until when),
+        # and the reverse, so a child's decision finds the reporters waiting on it directly
         self.yielding: dict[int, tuple[set[int], float]] = {}
+        self._owed: dict[int, list[int]] = {}
         self._woken: list[int] | None = None
         self.digests: list[str | None] = list(files.digests)
         for piece in range(task.n_pieces):
@@ -119,6 +121,7 @@ class SupernodeTask:
             self._wake(self.scheduler.piece_failed(i, piece, parent))
         self.swarm.remove_peer(i)
         self.yielding.pop(i, None)
+        self._owed.pop(i, None)
         ev = self.events.pop(i, None)
         if ev is not None:
             ev.set()
@@ -148,6 +151,8 @@ class SupernodeTask:
         # reporter waits (held, as any idle sync) until those children have decided.
         if msg.idle and woken:
             self.yielding[child] = (woken, now + YIELD_S)
+            for c in woken:
+                self._owed.setdefault(c, []).append(child)
         return child
 
     def _apply(self, child: int, msg: Sync, now: float) -> None:
@@ -192,10 +197,11 @@ class SupernodeTask:
         """The core's decision for `child`, on the wire."""
         if self.error:
             return SyncReply([], done=False)
-        for reporter, (woken, _) in list(self.yielding.items()):     # this child's turn now
-            if child in woken:
-                woken.discard(child)
-                if not woken:
+        for reporter in self._owed.pop(child, ()):                    # this child's turn now
+            entry = self.yielding.get(reporter)
+            if entry is not None and child in entry[0]:
+                entry[0].discard(child)
+                if not entry[0]:
                     self._wake([reporter])
         if child in self.yielding:
             woken, until = self.yielding[child]

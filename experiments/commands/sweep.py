@@ -17,7 +17,7 @@ def sweep(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     if args.workers is not None and args.workers < 1:
         raise UsageError("--workers must be >= 1")
-    out = Path(args.out or Path("runs") / exp.name)
+    out = Path(args.out or results_dir(exp))
     points = exp.points()
     done = sum((out / "points" / f"{p.id}.json").is_file() for p in points)
     print(f"dfly sweep: {exp.name}: {len(points)} points, {done} already done, results in {out}", file=sys.stderr)
@@ -38,12 +38,11 @@ def report(args: argparse.Namespace) -> int:
     src = Path(args.results)
     if src.suffix == ".toml" and src.is_file():
         # the experiment file itself: its results are where `dfly sweep` puts them by default
-        import tomllib
+        from experiments.sweep import ExperimentError, load_experiment
         try:
-            name = tomllib.loads(src.read_text()).get("name") or src.stem
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise UsageError(f"{src}: not a valid experiment file ({e})") from None
-        src = Path("runs") / str(name)
+            src = results_dir(load_experiment(src))
+        except ExperimentError as e:
+            raise UsageError(str(e)) from None
     table = src / "results.parquet" if src.is_dir() else src
     if not table.is_file():
         raise UsageError(f"{src}: no results.parquet (run dfly sweep first)")
@@ -55,6 +54,11 @@ def report(args: argparse.Namespace) -> int:
     out = Path(args.out or Path("reports") / (src.name if src.is_dir() else src.stem))
     print(render(src, out))
     return 0
+
+
+def results_dir(exp) -> Path:
+    """Where `dfly sweep` keeps an experiment's results unless told otherwise."""
+    return Path("runs") / exp.name
 
 
 def add_parser(sub) -> None:
