@@ -174,12 +174,15 @@ def test_a_parent_serving_corrupt_pieces_is_caught(cluster):
         _, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
     assert all(_sha(o) == sha for o in outs)
-    corrupt = sum(_metric(g.get_text("/metrics"), "dragonfly_dfdaemon_piece_corrupt_total") for g in good)
-    assert corrupt >= 1
+    caught = [_metric(g.get_text("/metrics"), "dragonfly_dfdaemon_piece_corrupt_total") for g in good]
+    assert sum(caught) >= 1
     # a parent caught once is not used again by that child: at most the pieces it had in
-    # flight from it when the first failed its digest (a window, 16); two reports isolate it
-    assert corrupt <= 16 * len(good)
-    assert "parent isolated" in sn.logs() or corrupt == 1
+    # flight from it when the first failed its digest (a window, 16)
+    assert all(c <= 16 for c in caught), caught
+    # reports from two different children isolate it from the task (one child may have
+    # finished from the others before it was ever offered the bad parent)
+    if all(c >= 1 for c in caught):
+        assert "parent isolated" in sn.logs(), caught
 
 
 def test_second_download_is_served_from_the_cache_after_revalidation(cluster):
