@@ -218,6 +218,16 @@ class SchedulerSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class NetworkSpec:
+    """What a piece costs beyond its bytes at the flow's rate. Zero by default: a data center's
+    round trips are well under a millisecond. `experiments/testbed/calibration.py` measures
+    both on the testbed, whose shaped 10-30 Mbit/s links queue up to 50 ms."""
+    piece_overhead_s: float = 0.0          # per piece: request and report round trips
+    ramp_bytes: int = 0                    # per piece: bytes' worth of time lost to TCP's start,
+                                           # at the pair's nominal rate min(child down, parent up)
+
+
+@dataclass(frozen=True, slots=True)
 class Scenario:
     name: str
     file: FileSpec
@@ -228,6 +238,7 @@ class Scenario:
     supernodes: tuple[SupernodeGroup, ...]
     hosts: tuple[HostGroup, ...]
     scheduler: SchedulerSpec
+    network: NetworkSpec = NetworkSpec()
     raw: dict = field(default_factory=dict, compare=False, repr=False)  # the data, overrides applied
 
     @property
@@ -473,6 +484,7 @@ SECTIONS: dict[str, Section] = {
         "supernodes": _array("supernode", ()),
         "hosts": _array("host", min_items=1),
         "scheduler": _table("scheduler", SchedulerSpec(concurrent_pieces="auto")),
+        "network": _table("network", NetworkSpec()),
     }, lambda v, p: v),  # assembled by parse_scenario, which checks across sections
     "file": Section({
         "size": Key(_size(1)),
@@ -525,6 +537,10 @@ SECTIONS: dict[str, Section] = {
     "churn": Section({
         "leave_fraction": Key(_fraction),
     }, _build(Churn)),
+    "network": Section({
+        "piece_overhead_s": Key(_seconds(0, inclusive=True), 0.0),
+        "ramp": Key(_size(0), 0),
+    }, lambda v, p: NetworkSpec(piece_overhead_s=v["piece_overhead_s"], ramp_bytes=v["ramp"])),
     "scheduler": Section({
         "concurrent_pieces": Key(_integer_or_auto(1), "auto"),
         "upload_slots": Key(_integer(1), None),
@@ -612,7 +628,7 @@ def parse_scenario(data: dict, name_hint: str = "") -> Scenario:
     return Scenario(
         name=v["name"] or name_hint or "unnamed",
         file=v["file"], source=v["source"], run=v["run"], idcs=idcs, links=v["links"],
-        supernodes=v["supernodes"], hosts=v["hosts"], scheduler=scheduler,
+        supernodes=v["supernodes"], hosts=v["hosts"], scheduler=scheduler, network=v["network"],
         raw=copy.deepcopy(data),
     )
 

@@ -64,18 +64,20 @@ class Node:
     p2p_limit: tuple[float, float] = (math.inf, math.inf)    # (download, upload)
     downloads: dict = field(default_factory=dict)            # flows in, as an ordered set
     uploads: dict = field(default_factory=dict)              # flows out
+    starting: dict = field(default_factory=dict)             # transfers in their start-up overhead
     fetch: list[int] = field(default_factory=list)           # pieces still to get from the origin
     fetching: Flow | None = None
     retry_pending: bool = False
 
 
-@dataclass(slots=True)
+@dataclass(eq=False, slots=True)
 class Transfer:
     child: Node
     parent: Node
     piece: int
     features: np.ndarray | None
     candidates: int
+    assigned: float = 0.0           # when the scheduler assigned it: its cost runs from here
 
 
 
@@ -302,15 +304,17 @@ class Simulation:
         d = self.sched.request(h.peer, now)
         kind = d.kind
         if kind == Decision.ASSIGN:
-            size, last = self.task.piece_size, self.task.n_pieces - 1
+            net = self.sc.network
             for a in d.assignments:
                 parent = self.by_peer[a.parent]
-                path, _ = self._path(parent, h)
-                t = Transfer(h, parent, a.piece, a.features, d.candidates)
-                flow = self.net.start(path, size if a.piece != last else self.task.piece_length(last),
-                                      self._piece_done, tag=t)
-                h.downloads[flow] = None
-                parent.uploads[flow] = None
+                t = Transfer(h, parent, a.piece, a.features, d.candidates, now)
+                if not (net.piece_overhead_s or net.ramp_bytes):
+                    self._send(t)
+                    continue
+                # the piece's slot is held, and no byte flows, for its round trips and ramp-up
+                h.starting[t] = parent.starting[t] = None
+                rate = min(h.download_bps, parent.upload_bps)
+                self._at(now + net.piece_overhead_s + net.ramp_bytes / rate, self._started, t)
         elif kind == Decision.WAIT:
             if not h.retry_pending:
                 h.retry_pending = True
@@ -320,6 +324,21 @@ class Simulation:
             sw = self.swarm
             h.fetch = np.flatnonzero(sw.lack[h.peer] & (sw.count == 0)).tolist()
             self._fetch_next(h)
+
+    def _started(self, t: Transfer) -> None:
+        if t in t.child.starting:               # else an end left during the start-up
+            del t.child.starting[t], t.parent.starting[t]
+            self._send(t)
+
+    def _send(self, t: Transfer) -> None:
+        """The piece's bytes start to flow."""
+        child, parent = t.child, t.parent
+        last = self.task.n_pieces - 1
+        size = self.task.piece_size if t.piece != last else self.task.piece_length(last)
+        path, _ = self._path(parent, child)
+        flow = self.net.start(path, size, self._piece_done, tag=t)
+        child.downloads[flow] = None
+        parent.uploads[flow] = None
 
     def _retry(self, h: Node) -> None:
         h.retry_pending = False
@@ -339,9 +358,9 @@ class Simulation:
         if cross:
             self.cross_idc_bytes += flow.size
         if self.trace is not None:
-            self.trace.add(flow.started, child.id, parent.id, t.piece, int(flow.size), now - flow.started,
+            self.trace.add(t.assigned, child.id, parent.id, t.piece, int(flow.size), now - t.assigned,
                            cross, "ok", t.candidates, t.features)
-        wake = self.sched.piece_done(child.peer, t.piece, parent.peer, int(flow.size), now - flow.started, now)
+        wake = self.sched.piece_done(child.peer, t.piece, parent.peer, int(flow.size), now - t.assigned, now)
         self._count_piece()
         for p in wake:              # the children who waited longest get the freed slot first
             self._pump(self.by_peer[p])
@@ -410,6 +429,11 @@ class Simulation:
         for flow in list(node.uploads):
             to_pump.append(flow.tag.child)
             self._abort(flow)
+        for t in list(node.starting):           # no byte sent yet: the piece fails as an abort does
+            del t.child.starting[t], t.parent.starting[t]
+            if t.parent is node:
+                to_pump.append(t.child)
+            self._wake(self.sched.piece_failed(t.child.peer, t.piece, t.parent.peer))
         if node.is_seed:
             survivors = [s for s in self.supernodes if not s.left]
             # what it had not fetched yet, and what it alone held, goes to the survivors
@@ -433,8 +457,8 @@ class Simulation:
                 self.cross_idc_bytes += delivered
             self._wake(self.sched.piece_failed(tag.child.peer, tag.piece, tag.parent.peer))
             if self.trace is not None:
-                self.trace.add(flow.started, tag.child.id, tag.parent.id, tag.piece, int(delivered),
-                               self.env.now - flow.started, tag.child.idc != tag.parent.idc, "aborted",
+                self.trace.add(tag.assigned, tag.child.id, tag.parent.id, tag.piece, int(delivered),
+                               self.env.now - tag.assigned, tag.child.idc != tag.parent.idc, "aborted",
                                tag.candidates, tag.features)
         else:                                   # an origin fetch
             node, piece = tag

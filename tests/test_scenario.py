@@ -313,6 +313,9 @@ BAD = [
     ("twice declared idc", "idcs", [{"name": "hz"}, {"name": "hz"}], "idcs.1.name", "twice"),
     ("scheduler", "scheduler", {"concurrent_pieces": 0}, "scheduler.concurrent_pieces", ">= 1"),
     ("link slots", "scheduler", {"link_slots": "yes"}, "scheduler.link_slots", "true or false, not 'yes'"),
+    ("negative overhead", "network", {"piece_overhead_s": -0.1}, "network.piece_overhead_s", ">= 0"),
+    ("ramp unit", "network", {"ramp": "64Kb"}, "network.ramp", "is not a size"),
+    ("network key", "network", {"rtt": 0.1}, "network", "unknown key 'rtt'"),
     ("table expected", "file", "200MB", "file", "must be a table"),
 ]
 
@@ -382,6 +385,7 @@ def test_defaults():
     assert s.hosts[0].location == "" and s.hosts[0].background is None
     # symmetric NICs: one piece at a time fills a child's downlink from a typical parent
     assert (s.scheduler.concurrent_pieces, s.scheduler.parent_sample) == (1, 15)
+    assert (s.network.piece_overhead_s, s.network.ramp_bytes) == (0.0, 0)   # a data center's
     assert s.raw["hosts"][0]["count"] == 3
 
 

@@ -533,3 +533,55 @@ def test_fig8_5gb_1000_hosts_within_30_percent_of_the_lower_bound(policy):
     assert s["lower_bound_s"] == pytest.approx(bound, rel=1e-6, abs=1e-3)   # 296.3 s: N*F/U
     assert s["lower_bound_s"] * (1 - 1e-9) <= s["completion_s"]["max"] <= 1.3 * s["lower_bound_s"]
     assert s["source_egress_bytes"] <= 1.05 * s["file_bytes"]
+
+
+# ------------------------------------------------------------------ per-piece network overhead
+
+def test_piece_overhead_and_ramp_hold_each_piece_before_its_bytes_flow():
+    """One host, one piece at a time: each of the file's pieces costs its bytes at the NIC's
+    rate plus `piece_overhead_s` plus `ramp` bytes at the pair's rate (the calibration's model)."""
+    d = scenario(n=1, size="8MiB", download="80Mbps", upload="80Mbps", source="1Gbps", supernode_upload="1Gbps")
+    d["file"]["piece_size"] = "1MiB"
+    d["scheduler"] = {"concurrent_pieces": 1}
+    _, base = simulate(d)
+    d["network"] = {"piece_overhead_s": 0.05, "ramp": "100KB"}
+    sim, s = simulate(d)
+    per_piece = 0.05 + 100e3 / mbps(80)
+    assert math.isclose(s["completion_s"]["max"] - base["completion_s"]["max"], 8 * per_piece, rel_tol=0.02)
+    assert_conserved(sim)
+    assert_finished_hold_everything(sim)
+    assert_not_below_physics(sim, s)
+
+
+def test_piece_overhead_is_in_the_cost_the_scheduler_and_the_trace_see(tmp_path):
+    import pyarrow.parquet as pq
+    d = scenario(n=1, size="4MiB", download="80Mbps", upload="80Mbps", source="1Gbps", supernode_upload="1Gbps")
+    d["file"]["piece_size"] = "1MiB"
+    d["scheduler"] = {"concurrent_pieces": 1}
+    d["network"] = {"piece_overhead_s": 0.2}
+    simulate(d, trace_path=tmp_path / "t.parquet")
+    rows = pq.read_table(tmp_path / "t.parquet").to_pandas()
+    p2p = rows[rows["parent"] >= 0]
+    assert len(p2p) == 4
+    # as the live child measures it: from the assignment to the last byte
+    assert np.allclose(p2p["duration_s"], 0.2 + 2**20 / mbps(80), rtol=1e-6)
+
+
+def test_churn_during_the_piece_overhead_loses_no_byte_and_the_rest_finish(tmp_path):
+    import pyarrow.parquet as pq
+    d = scenario(n=100, size="50MB", download="1Gbps", upload="50Mbps", source="1Gbps", supernode_upload="1Gbps")
+    d["hosts"][0]["churn"] = {"leave_fraction": 0.3}
+    d["network"] = {"piece_overhead_s": 0.3, "ramp": "64KB"}
+    sim, s = simulate(d, trace_path=tmp_path / "t.parquet")
+    assert s["left_hosts"] > 0
+    # nothing reaches or leaves a host after it left, even a piece assigned before
+    rows = pq.read_table(tmp_path / "t.parquet").to_pandas()
+    ok = rows[rows["outcome"] == "ok"]
+    end = ok["time_s"] + ok["duration_s"]
+    for h in (h for h in sim.hosts if h.left):
+        mine = (ok["child"] == h.id) | (ok["parent"] == h.id)
+        assert (end[mine] <= h.leave_at + 1e-9).all()
+    assert s["finished_hosts"] == s["hosts"] - s["left_hosts"]
+    assert all(not h.starting for h in sim.hosts)                    # no transfer stuck in start-up
+    assert_conserved(sim)
+    assert_finished_hold_everything(sim)

@@ -42,10 +42,10 @@ def no_leftovers():
         assert _ours(netns.run_tag()) == []
 
 
-def _run(*overrides: str):
+def _run(*overrides: str, **testbed):
     from experiments.testbed.runner import Testbed
     plan = make_plan(load_scenario(SCENARIO, list(overrides)))
-    return plan, Testbed(plan).run()
+    return plan, Testbed(plan, **testbed).run()
 
 
 # ---- planning (no root needed) ----------------------------------------------------------------
@@ -71,8 +71,20 @@ def test_plan_draws_the_simulators_hosts():
 
 # ---- live runs --------------------------------------------------------------------------------
 @needs_netns
-def test_p2p_and_source_distribute_correctly_and_p2p_is_faster(no_leftovers):
-    plan, p2p = _run()
+def test_p2p_and_source_distribute_correctly_and_p2p_is_faster(no_leftovers, tmp_path):
+    import shutil
+    from experiments.testbed.calibration import pieces_from_log
+    plan, p2p = _run(workdir=tmp_path, keep_outputs=True, supernode_log_level="debug")
+    # the supernode's record of every piece it scheduled, what the calibration reads
+    (run,) = [d for d in tmp_path.iterdir() if (d / ".testbed").exists()]
+    held = [r for log in (run / "logs").glob("s[0-9]*.log") for r in pieces_from_log(log)]
+    shutil.rmtree(run)
+    assert len(held) == 12 * 16                                   # every piece every host got
+    for r in held:
+        rate = min(r["child_down_bps"], r["parent_up_bps"])
+        assert r["held_s"] >= r["cost_s"] > 0
+        if r["parent_uploads"] == [1, 1] and r["child_inflight"] == [1, 1]:
+            assert r["held_s"] >= 0.97 * r["bytes"] / rate, r      # no piece beats its pair's rate
     _, source = _run("run.mode=source")
     size = 64 * MiB
     for s in (p2p, source):
@@ -143,3 +155,30 @@ def test_ctrl_c_cleans_up():
     assert proc.returncode == 130, "".join(seen) + rest
     assert "cleaned up" in rest
     assert _ours(tag) == []
+
+
+# ---- calibration (no root needed for the model; the measurement is `experiments.testbed.calibration`)
+def test_calibration_fit_recovers_the_model_from_pieces_that_had_their_pair_alone():
+    from experiments.testbed.calibration import alone, fit
+    rng = __import__("numpy").random.default_rng(3)
+    a, ramp = 0.12, 150_000
+    records = []
+    for rate in (10e6 / 8, 30e6 / 8):
+        for _ in range(200):
+            nbytes = 2 * MiB
+            held = nbytes / rate + a + ramp / rate + rng.normal(0, 0.01)
+            records.append({"bytes": nbytes, "held_s": held, "cost_s": held - 0.02, "child_down_bps": rate,
+                            "parent_up_bps": 2 * rate, "parent_uploads": [1, 1], "child_inflight": [1, 1]})
+    shared = dict(records[0], parent_uploads=[2, 1], held_s=99.0)     # sharing, not overhead: left out
+    assert alone(records + [shared]) == records
+    f = fit(alone(records + [shared]))
+    assert abs(f["piece_overhead_s"] - a) < 0.01 and abs(f["ramp_bytes"] - ramp) < 10_000
+    assert f["pieces"] == 400 and set(f["by_rate"]) == {"10Mbit/s", "30Mbit/s"}
+
+
+def test_the_testbed_simulates_with_its_calibration_unless_the_scenario_says_otherwise():
+    from experiments.testbed.calibration import TESTBED_NETWORK, for_testbed
+    sc = load_scenario(SCENARIO)
+    assert sc.network.piece_overhead_s == 0 and for_testbed(sc).network == TESTBED_NETWORK
+    own = load_scenario(SCENARIO, ["network.piece_overhead_s=0.01"])
+    assert for_testbed(own) is own

@@ -17,6 +17,9 @@ Rules kept here:
   for that piece yet.
 - An idle peer whose results woke waiting children decides after them (for at most
   `YIELD_S`), as in the simulator: a slot it freed goes to the child the core woke for it.
+- At debug level, each piece reported done is logged ("piece held") with how long its slot
+  was held from assignment to report, the child's measured cost, both ends' nominal rates and
+  how many transfers each end had (the testbed's calibration reads these).
 """
 from __future__ import annotations
 
@@ -56,6 +59,9 @@ class SupernodeTask:
         self.swarm = Swarm(task, slots[0], slots[1], min_upload_bps=min_upload_bps)
         self.scheduler = Scheduler(self.swarm, selector, config, seed=seed)
         self.seed = self.swarm.add_peer(seed_id, is_seed=True, upload_bps=seed_upload_bps)
+        # (child, piece) -> (assigned at, parent's uploads, child's pieces in flight); debug only
+        self.assigned_at: dict[tuple[int, int], tuple[float, int, int]] | None = (
+            {} if log.isEnabledFor(logging.DEBUG) else None)
         self.ids: list[str] = [seed_id]
         self.addrs: list[str] = [seed_addr]
         self.index: dict[str, int] = {seed_id: self.seed}
@@ -118,6 +124,8 @@ class SupernodeTask:
     def _drop(self, i: int) -> None:
         """Peer `i` is gone: its transfers fail, it stops being anybody's parent."""
         for piece, parent in self.inflight.pop(i, {}).items():
+            if self.assigned_at is not None:
+                self.assigned_at.pop((i, piece), None)
             self._wake(self.scheduler.piece_failed(i, piece, parent))
         self.swarm.remove_peer(i)
         self.yielding.pop(i, None)
@@ -163,12 +171,16 @@ class SupernodeTask:
                 continue
             del flight[piece]
             self.fail_streak[parent] = 0
+            if self.assigned_at is not None:
+                self._log_held(child, piece, parent, nbytes, cost, len(flight) + 1, now)
             self._wake(self.scheduler.piece_done(child, piece, parent, nbytes, cost, now))
         for piece, parent_id, corrupt in msg.failed:
             parent = self.index.get(parent_id, -1)
             if flight.get(piece) != parent:
                 continue
             del flight[piece]
+            if self.assigned_at is not None:
+                self.assigned_at.pop((child, piece), None)
             self._wake(self.scheduler.piece_failed(child, piece, parent, corrupt=corrupt))
             if corrupt and parent != self.seed:
                 victims = self.corrupt_from.setdefault(parent, set())
@@ -214,6 +226,8 @@ class SupernodeTask:
             flight = self.inflight[child]
             for a in d.assignments:
                 flight[a.piece] = a.parent
+                if self.assigned_at is not None:
+                    self.assigned_at[child, a.piece] = (now, int(self.swarm.uploads[a.parent]), len(flight))
                 out.append(Assign(a.piece, self.ids[a.parent], self.addrs[a.parent], self.digests[a.piece]))
             self.assigned += len(out)
             return SyncReply(out)
@@ -222,6 +236,16 @@ class SupernodeTask:
         if d.kind == Decision.BACK_TO_SOURCE:
             return SyncReply([], back_to_source=True)
         return SyncReply([], retry_after=d.retry_after)
+
+    def _log_held(self, child: int, piece: int, parent: int, nbytes: int, cost: float, flight: int,
+                  now: float) -> None:
+        at, uploads, inflight = self.assigned_at.pop((child, piece), (now, 0, 0))
+        peers = self.swarm.peers
+        log.debug("piece held", extra={"fields": {
+            "piece": piece, "bytes": nbytes, "held_s": round(now - at, 6), "cost_s": cost,
+            "child_down_bps": peers[child].download_bps, "parent_up_bps": peers[parent].upload_bps,
+            "parent_uploads": [uploads, int(self.swarm.uploads[parent])], "child_inflight": [inflight, flight],
+            "from_seed": parent == self.seed}})
 
     def event(self, child: int) -> asyncio.Event:
         return self.events[child]

@@ -42,9 +42,14 @@ def testbed(args: argparse.Namespace) -> int:
         log(f"note: {note}")
     sim = sim_times = None
     if args.compare:
+        from experiments.testbed.calibration import for_testbed
         from experiments.testbed.compare import simulate
-        log("simulating first")
-        sim, sim_times = simulate(scenario, args.policy, seed)
+        simulated = for_testbed(scenario)
+        net = simulated.network
+        log(f"simulating first (per piece: {net.piece_overhead_s} s + {net.ramp_bytes} B at the pair's rate"
+            f"{', the testbed calibration' if simulated is not scenario else ', the scenario'}'s [network])")
+        sim, sim_times = simulate(simulated, args.policy, seed)
+        sim["network"] = {"piece_overhead_s": net.piece_overhead_s, "ramp_bytes": net.ramp_bytes}
     live = Testbed(plan, policy=args.policy, timeout_s=args.timeout, keep_outputs=args.keep,
                    node_log_level=args.log_level).run()
     if args.compare:

@@ -83,7 +83,8 @@ def _busy_ticks() -> tuple[int, int]:
 
 class Testbed:
     def __init__(self, plan: Plan, policy: str = "heuristic:d2", timeout_s: float | None = None,
-                 workdir: Path | None = None, keep_outputs: bool = False, node_log_level: str = "warning"):
+                 workdir: Path | None = None, keep_outputs: bool = False, node_log_level: str = "warning",
+                 supernode_log_level: str | None = None):
         self.plan = plan
         self.policy = policy
         sc = plan.scenario
@@ -99,6 +100,7 @@ class Testbed:
         self.supernodes: list[NodeProcess] = []
         self.keep_outputs = keep_outputs
         self.node_log_level = node_log_level
+        self.supernode_log_level = supernode_log_level or node_log_level
         self.file_sha256 = ""
         self.outputs: dict[int, Path] = {}
         self.size = sc.file.size
@@ -181,7 +183,7 @@ class Testbed:
                 argv = ["-m", "experiments.cli", "supernode", "--listen", f"{s.ip}:{SUPERNODE_PORT}",
                         "--data", str(self.dir / s.name), "--policy", self.policy,
                         "--upload-limit", str(int(s.upload_bps)),
-                        "--concurrent-pieces", str(sc.scheduler.concurrent_pieces), "--log-level", self.node_log_level,
+                        "--concurrent-pieces", str(sc.scheduler.concurrent_pieces), "--log-level", self.supernode_log_level,
                         "--min-upload-rate", str(int(slot_width(sc.scheduler, [h.download_bps for h in plan.hosts])))]
                 if sc.file.piece_size:
                     argv += ["--piece-size", str(sc.file.piece_size)]
