@@ -219,12 +219,22 @@ class SchedulerSpec:
 
 @dataclass(frozen=True, slots=True)
 class NetworkSpec:
-    """What a piece costs beyond its bytes at the flow's rate. Zero by default: a data center's
-    round trips are well under a millisecond. `experiments/testbed/calibration.py` measures
-    both on the testbed, whose shaped 10-30 Mbit/s links queue up to 50 ms."""
+    """What a piece costs beyond its bytes at the flow's rate: `overhead = piece_overhead_s +
+    ramp_bytes / min(child download, parent upload)`, during which the parent's slot is held."""
     piece_overhead_s: float = 0.0          # per piece: request and report round trips
-    ramp_bytes: int = 0                    # per piece: bytes' worth of time lost to TCP's start,
-                                           # at the pair's nominal rate min(child down, parent up)
+    ramp_bytes: int = 0                    # per piece: bytes' worth of time lost to TCP's start
+    profile: str = "datacenter"
+
+
+# `[network] profile`: the defaults of the keys above, per kind of network.
+NETWORK_PROFILES: dict[str, NetworkSpec] = {
+    # round trips well under a millisecond, TCP's start over in a few of them: nothing to charge
+    "datacenter": NetworkSpec(0.0, 0, "datacenter"),
+    # the testbed's shaped 10-30 Mbit/s links, whose tbf queues hold 50 ms: measured there by
+    # `python -m experiments.testbed.calibration` (2026-11-29, 774 pieces whose parent and child
+    # had no other transfer; fit 0.2013 s + 98,207 B, reports/testbed/calibration.json)
+    "testbed": NetworkSpec(0.2, 98_000, "testbed"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +248,7 @@ class Scenario:
     supernodes: tuple[SupernodeGroup, ...]
     hosts: tuple[HostGroup, ...]
     scheduler: SchedulerSpec
-    network: NetworkSpec = NetworkSpec()
+    network: NetworkSpec = NETWORK_PROFILES["datacenter"]
     raw: dict = field(default_factory=dict, compare=False, repr=False)  # the data, overrides applied
 
     @property
@@ -484,7 +494,7 @@ SECTIONS: dict[str, Section] = {
         "supernodes": _array("supernode", ()),
         "hosts": _array("host", min_items=1),
         "scheduler": _table("scheduler", SchedulerSpec(concurrent_pieces="auto")),
-        "network": _table("network", NetworkSpec()),
+        "network": _table("network", NETWORK_PROFILES["datacenter"]),
     }, lambda v, p: v),  # assembled by parse_scenario, which checks across sections
     "file": Section({
         "size": Key(_size(1)),
@@ -538,9 +548,11 @@ SECTIONS: dict[str, Section] = {
         "leave_fraction": Key(_fraction),
     }, _build(Churn)),
     "network": Section({
-        "piece_overhead_s": Key(_seconds(0, inclusive=True), 0.0),
-        "ramp": Key(_size(0), 0),
-    }, lambda v, p: NetworkSpec(piece_overhead_s=v["piece_overhead_s"], ramp_bytes=v["ramp"])),
+        "profile": Key(_choice(*NETWORK_PROFILES), "datacenter"),
+        "piece_overhead_s": Key(_seconds(0, inclusive=True), None),   # default: the profile's
+        "ramp": Key(_size(0), None),
+    }, lambda v, p: replace(NETWORK_PROFILES[v["profile"]], **{k: x for k, x in (
+        ("piece_overhead_s", v["piece_overhead_s"]), ("ramp_bytes", v["ramp"])) if x is not None})),
     "scheduler": Section({
         "concurrent_pieces": Key(_integer_or_auto(1), "auto"),
         "upload_slots": Key(_integer(1), None),

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dfsim.scenario import (
-    SECTIONS, Arrival, Background, HostGroup, RateMix, Scenario, ScenarioError,
+    NETWORK_PROFILES, SECTIONS, Arrival, Background, HostGroup, RateMix, Scenario, ScenarioError,
     apply_overrides, load_scenario, parse_scenario,
 )
 from dfsim.units import format_bytes, format_rate, parse_rate, parse_size
@@ -316,6 +316,7 @@ BAD = [
     ("negative overhead", "network", {"piece_overhead_s": -0.1}, "network.piece_overhead_s", ">= 0"),
     ("ramp unit", "network", {"ramp": "64Kb"}, "network.ramp", "is not a size"),
     ("network key", "network", {"rtt": 0.1}, "network", "unknown key 'rtt'"),
+    ("network profile", "network", {"profile": "lan"}, "network.profile", "'datacenter' or 'testbed'"),
     ("table expected", "file", "200MB", "file", "must be a table"),
 ]
 
@@ -385,8 +386,19 @@ def test_defaults():
     assert s.hosts[0].location == "" and s.hosts[0].background is None
     # symmetric NICs: one piece at a time fills a child's downlink from a typical parent
     assert (s.scheduler.concurrent_pieces, s.scheduler.parent_sample) == (1, 15)
-    assert (s.network.piece_overhead_s, s.network.ramp_bytes) == (0.0, 0)   # a data center's
+    assert (s.network.profile, s.network.piece_overhead_s, s.network.ramp_bytes) == ("datacenter", 0.0, 0)
     assert s.raw["hosts"][0]["count"] == 3
+
+
+def test_network_profile_gives_the_defaults_and_keys_override_them():
+    testbed = NETWORK_PROFILES["testbed"]
+    assert testbed.piece_overhead_s > 0 and testbed.ramp_bytes > 0          # measured, not zero
+    base = minimal()
+    base["network"] = {"profile": "testbed"}
+    assert parse_scenario(base).network == testbed
+    base["network"]["ramp"] = "1KB"
+    got = parse_scenario(base).network
+    assert (got.profile, got.piece_overhead_s, got.ramp_bytes) == ("testbed", testbed.piece_overhead_s, 1000)
 
 
 @pytest.mark.parametrize("nics, expected", [

@@ -46,10 +46,11 @@ def testbed(args: argparse.Namespace) -> int:
         from experiments.testbed.compare import simulate
         simulated = for_testbed(scenario)
         net = simulated.network
-        log(f"simulating first (per piece: {net.piece_overhead_s} s + {net.ramp_bytes} B at the pair's rate"
-            f"{', the testbed calibration' if simulated is not scenario else ', the scenario'}'s [network])")
+        log(f"simulating first (network profile {net.profile}: per piece {net.piece_overhead_s} s + "
+            f"{net.ramp_bytes} B at the pair's rate)")
         sim, sim_times = simulate(simulated, args.policy, seed)
-        sim["network"] = {"piece_overhead_s": net.piece_overhead_s, "ramp_bytes": net.ramp_bytes}
+        sim["network"] = {"profile": net.profile, "piece_overhead_s": net.piece_overhead_s,
+                          "ramp_bytes": net.ramp_bytes}
     live = Testbed(plan, policy=args.policy, timeout_s=args.timeout, keep_outputs=args.keep,
                    node_log_level=args.log_level).run()
     if args.compare:

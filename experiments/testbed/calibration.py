@@ -2,8 +2,9 @@
 
     python -m experiments.testbed.calibration [--out reports/testbed/calibration.json]
 
-Owns `TESTBED_NETWORK`, the `[network]` constants `dfly testbed --compare` simulates with, and
-the measurement that set them (issue 7, item 4). Root needed, about 3 minutes.
+Owns the measurement behind the simulator's `testbed` network profile
+(`dfsim.scenario.NETWORK_PROFILES`), which `dfly testbed --compare` simulates with (issue 7,
+item 4). Root needed, about 3 minutes; copy its fit into the profile when the testbed changes.
 
 Rules kept here:
 - Measured on the gap suite's scenarios (`gap.CASES`) with `heuristic:d2`: the live supernode
@@ -19,8 +20,8 @@ Rules kept here:
   the rate is TCP's start on a link whose tbf queue holds 50 ms (a new or idle connection
   starts slow; at 10-30 Mbit/s the round trip under load is tens of milliseconds).
 - It describes the testbed, not a scenario: every testbed scenario without its own
-  `[network]` table is simulated with it. The simulator's default stays zero: in a data center
-  a round trip is well under a millisecond and TCP's start is over in a few of them.
+  `[network]` table is simulated with it. The simulator's default profile stays `datacenter`
+  (zero): there a round trip is well under a millisecond and TCP's start is over in a few.
 """
 from __future__ import annotations
 
@@ -31,11 +32,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from dfsim.scenario import NetworkSpec, Scenario
+from dfsim.scenario import NETWORK_PROFILES, Scenario
 
-# Measured by `python -m experiments.testbed.calibration` (2026-11-29, 2 cores, quiet machine):
-# see reports/testbed/calibration.json for the pieces and the fit.
-TESTBED_NETWORK = NetworkSpec(piece_overhead_s=0.2, ramp_bytes=98_000)
+TESTBED_NETWORK = NETWORK_PROFILES["testbed"]
 
 
 def for_testbed(sc: Scenario) -> Scenario:
@@ -117,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     result["current"] = {"piece_overhead_s": TESTBED_NETWORK.piece_overhead_s, "ramp_bytes": TESTBED_NETWORK.ramp_bytes}
     print(json.dumps(result, indent=1))
     print(f"fit over {f['pieces']} pieces: piece_overhead_s = {f['piece_overhead_s']}, ramp_bytes = {f['ramp_bytes']} "
-          f"(TESTBED_NETWORK has {TESTBED_NETWORK.piece_overhead_s}, {TESTBED_NETWORK.ramp_bytes})", file=sys.stderr)
+          f"(the simulator's testbed profile has {TESTBED_NETWORK.piece_overhead_s}, {TESTBED_NETWORK.ramp_bytes})", file=sys.stderr)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")

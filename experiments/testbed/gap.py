@@ -102,9 +102,10 @@ def _calibration(results: list[dict]) -> list[str]:
     if len(nets) != 1 or not results[0]["sim"].get("network"):
         return []
     net = results[0]["sim"]["network"]
-    return [f"The simulator charges each piece the testbed's measured overhead, {net['piece_overhead_s']} s plus "
-            f"{net['ramp_bytes']:,} bytes at the pair's rate (`experiments/testbed/calibration.py`, measured by "
-            "`python -m experiments.testbed.calibration`: [calibration.json](calibration.json)).", ""]
+    return [f"The simulator runs with the network profile `{net.get('profile', 'custom')}`: each piece costs "
+            f"{net['piece_overhead_s']} s plus {net['ramp_bytes']:,} bytes at the pair's rate beyond its bytes, "
+            "the testbed's overhead as `python -m experiments.testbed.calibration` measured it "
+            "([calibration.json](calibration.json)).", ""]
 
 
 def _p95(row: dict, side: str) -> float:
