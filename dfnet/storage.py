@@ -30,6 +30,7 @@ from pathlib import Path
 _ENTRY = struct.Struct("<I32s")
 _TASK_ID = re.compile(r"[0-9a-f]{64}")
 HASH_CHUNK = 1 << 20
+_IOV_MAX = 1024         # buffers per pwritev (POSIX minimum; Linux's limit)
 
 
 class StorageError(Exception):
@@ -151,6 +152,19 @@ class TaskFiles:
             n = os.pwrite(self._fd, view, offset)
             view, offset = view[n:], offset + n
 
+    def writev(self, offset: int, chunks: list) -> None:
+        """Write `chunks` one after the other from `offset`, in as few system calls as the
+        kernel allows."""
+        views = [memoryview(c).cast("B") for c in chunks if len(c)]
+        while views:
+            n = os.pwritev(self._fd, views[:_IOV_MAX], offset)
+            offset += n
+            while views and n >= len(views[0]):
+                n -= len(views[0])
+                views.pop(0)
+            if n:
+                views[0] = views[0][n:]
+
     def commit(self, piece: int, digest_hex: str) -> None:
         """`piece`'s bytes are written and match `digest_hex`: record it durably."""
         if self.have[piece]:
@@ -205,34 +219,45 @@ class TaskFiles:
 class PieceWriter:
     """Streams one piece to its offset while hashing it, off the event loop.
 
-    Chunks from the network are gathered up to `BATCH` bytes, then written and hashed in a
-    worker thread (`os.pwrite` and `hashlib` release the GIL), so the event loop keeps reading
-    sockets while another core hashes. Memory per piece in flight is at most `BATCH`.
+    Chunks from the network are gathered by reference (never copied) up to `BATCH` bytes,
+    then written with one `pwritev` and hashed in a worker thread (`os.pwritev` and `hashlib`
+    release the GIL), so the event loop keeps reading sockets while another core hashes.
+    Memory per piece in flight is at most `BATCH` plus the chunks' own buffers.
     A caller that fills its own batches (`dfnet.daemon.piecefetch` receives into them) hands
     each over with `feed_owned`: written and hashed as it is, never copied.
     """
 
-    BATCH = 1 << 20
+    # Just under 1 MiB: a write of 1 MiB or more at an aligned offset makes the page cache take
+    # large folios, which on this VM cost up to 7x the kernel time to fill (1 GiB in 4 MiB
+    # pwrites: 1.89 s of system time against 0.26 in writes a page short of 1 MiB).
+    BATCH = (1 << 20) - 4096
 
     def __init__(self, files: TaskFiles, offset: int):
         self.files = files
         self.offset = offset
         self.written = 0
         self._hash = hashlib.sha256()
-        self._buf = bytearray()
+        self._chunks: list[memoryview] = []
+        self._gathered = 0
 
     async def feed(self, chunk: bytes | memoryview) -> None:
-        self._buf += chunk
-        if len(self._buf) >= self.BATCH:
-            await self._flush()
+        """Take `chunk` by reference: the caller must not change its bytes afterwards."""
+        view = memoryview(chunk).cast("B")
+        while view:
+            k = min(len(view), self.BATCH - self._gathered)
+            self._chunks.append(view[:k])
+            self._gathered += k
+            view = view[k:]
+            if self._gathered == self.BATCH:
+                await self._flush()
 
-    async def feed_owned(self, data: bytearray) -> None:
+    async def feed_owned(self, data: bytearray | memoryview) -> None:
         """Write and hash `data` itself, without copying it; the writer owns it from now on.
 
         Returns once it is written; bytes `feed` gathered before it go first."""
         await self._flush()
         if data:
-            await asyncio.to_thread(self._write, data, self.offset + self.written)
+            await asyncio.to_thread(self._write, [data], self.offset + self.written)
             self.written += len(data)
 
     async def digest(self) -> str:
@@ -241,15 +266,17 @@ class PieceWriter:
         return self._hash.hexdigest()
 
     async def _flush(self) -> None:
-        if not self._buf:
+        if not self._chunks:
             return
-        data, self._buf = self._buf, bytearray()       # handed over, not copied
-        await asyncio.to_thread(self._write, data, self.offset + self.written)
-        self.written += len(data)
+        chunks, n = self._chunks, self._gathered
+        self._chunks, self._gathered = [], 0
+        await asyncio.to_thread(self._write, chunks, self.offset + self.written)
+        self.written += n
 
-    def _write(self, data: bytearray, offset: int) -> None:
-        self.files.write(offset, data)
-        self._hash.update(data)
+    def _write(self, chunks: list, offset: int) -> None:
+        self.files.writev(offset, chunks)
+        for c in chunks:
+            self._hash.update(c)
 
 
 def _write_json(path: Path, obj: dict) -> None:

@@ -6,8 +6,10 @@ Rules kept here:
   own folder: the task id is checked as 64 hex digits and the piece index against the grid,
   so no request can name a path.
 - The bytes go from the page cache to the socket with `sendfile` (zero copy) in chunks, each
-  paced by the node's upload buckets; without sendfile (some platforms, TLS) it falls back to
-  reads.
+  paced by the node's upload buckets; with every bucket unlimited the piece goes in one call
+  (each `loop.sendfile` pauses reading, waits for the transport to drain and registers a
+  writer: Python work per call, not per byte). Without sendfile (some platforms, TLS) it
+  falls back to reads of at most `CHUNK`.
 - The node does not re-verify before serving: children verify every piece against the
   supernode's digest, and a corrupt piece gets its sender reported and dropped for the task.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Callable
@@ -75,13 +78,15 @@ def piece_handler(lookup: Callable[[str], Servable | None], buckets: Callable[[]
         with open(files.data_path, "rb") as f:
             sent = 0
             while sent < n:
-                k = min(CHUNK, n - sent)
-                await pace(buckets(), k)
+                limits = buckets()
+                k = n - sent if all(math.isinf(b.rate) for b in limits) else min(CHUNK, n - sent)
+                await pace(limits, k)
                 if transport is None or transport.is_closing():
                     raise ConnectionResetError("peer went away")
                 try:
                     await loop.sendfile(transport, f, offset + sent, k)
                 except NotImplementedError:
+                    k = min(CHUNK, k)       # a read's memory stays bounded
                     await resp.write(os.pread(f.fileno(), k, offset + sent))
                 sent += k
                 on_sent(k)

@@ -213,7 +213,7 @@ class Download:
         buckets = (h.download_bucket, self.task_bucket, h.disk_bucket)
         received = 0
 
-        async def sink(batch: bytearray) -> None:       # a filled batch, received in place
+        async def sink(batch: memoryview) -> None:      # a filled batch, received in place
             nonlocal received
             received += len(batch)
             if received < n:

@@ -15,7 +15,10 @@ Rules kept here:
   `HEADER_MAX`) is copied once more.
 - Full batches wait for the consumer (`sink`), one at a time, in order; the socket stops
   being read while 2 batches wait and resumes when they are drained, so a piece in flight
-  holds at most 3 batches however slow its pacing or its disk.
+  holds at most 3 batches however slow its pacing or its disk. The sink is done with a batch
+  when it returns, and its buffer goes back to the pool's free list (at most `KEEP_FREE`)
+  for the next batch: a new 1 MiB bytearray per batch was zeroed and page-faulted in, 17% of
+  the daemon's event loop (py-spy, bench_live single).
 - The answer must be 200 with a Content-Length equal to the piece's length: another status
   fails naming it; a missing length or a chunked body fails; a header over `HEADER_MAX`
   fails; a length over the piece's, or a byte past the length, is a corrupt parent
@@ -56,10 +59,10 @@ HEADER_MAX = 16 * 1024
 IDLE_PER_ADDR = 4
 IDLE_S = 30.0
 WAITING_MAX = 2          # batches filled and not yet taken: stop reading the socket
-# A batch is a page short of 1 MiB: pwrites of exactly 1 MiB at 1 MiB-aligned offsets make the
-# page cache take large folios, which on this VM cost about 5x the kernel time to touch first
-# (worker threads 1.0-1.5 CPU s/GB against 0.33 one page shorter; bench_live single).
-BATCH = PieceWriter.BATCH - 4096
+KEEP_FREE = 4            # batch buffers kept for reuse, for all connections together
+# A batch is a page short of 1 MiB (`PieceWriter.BATCH` says why): worker threads spent 1.0-1.5
+# CPU s/GB writing 1 MiB batches against 0.33 one page shorter (bench_live single).
+BATCH = PieceWriter.BATCH
 
 _IDLE, _HEAD, _BODY, _DONE, _FAILED = range(5)
 
@@ -92,10 +95,9 @@ class _Conn(asyncio.BufferedProtocol):
         self._scratch: bytearray | None = None
         self._length = 0                        # the body's length (== the piece's)
         self._got = 0                           # body bytes received
-        self._batch: bytearray | None = None    # the batch being filled, and a view of it
-        self._view: memoryview | None = None
+        self._view: memoryview | None = None    # the batch being filled
         self._fill = 0
-        self._ready: collections.deque[bytearray] = collections.deque()
+        self._ready: collections.deque[memoryview] = collections.deque()
         self._paused = False
         self._waiter: asyncio.Future | None = None
         self._last_rx = 0.0
@@ -107,7 +109,7 @@ class _Conn(asyncio.BufferedProtocol):
 
     def get_buffer(self, sizehint: int) -> memoryview | bytearray:
         if self.state == _BODY:
-            if self._batch is None:
+            if self._view is None:
                 self._new_batch()
             return self._view[self._fill:]
         if self.state == _HEAD:
@@ -209,16 +211,15 @@ class _Conn(asyncio.BufferedProtocol):
 
     # ---- body ----------------------------------------------------------------------------
     def _new_batch(self) -> None:
-        self._batch = bytearray(min(self.pool.batch, self._length - self._got))
-        self._view = memoryview(self._batch)
+        self._view = self.pool.buffer()[:min(self.pool.batch, self._length - self._got)]
         self._fill = 0
 
     def _copy_in(self, data: memoryview) -> None:
         """Body bytes that came in the header's buffer: the one copy this client makes."""
         while data:
-            if self._batch is None:
+            if self._view is None:
                 self._new_batch()
-            k = min(len(data), len(self._batch) - self._fill)
+            k = min(len(data), len(self._view) - self._fill)
             self._view[self._fill:self._fill + k] = data[:k]
             data = data[k:]
             self._advance(k)
@@ -226,10 +227,10 @@ class _Conn(asyncio.BufferedProtocol):
     def _advance(self, nbytes: int) -> None:
         self._fill += nbytes
         self._got += nbytes
-        if self._fill < len(self._batch):
+        if self._fill < len(self._view):
             return
-        self._ready.append(self._batch)
-        self._batch = self._view = None
+        self._ready.append(self._view)
+        self._view = None
         if self._got == self._length:
             self._finish_body()
         elif len(self._ready) >= WAITING_MAX and not self._paused:
@@ -246,7 +247,7 @@ class _Conn(asyncio.BufferedProtocol):
         self.state = _HEAD
         self._hlen = 0
         self._length, self._got = length, 0
-        self._batch = self._view = None
+        self._view = None
         self._ready.clear()
         self.keep = False
         self._last_rx = self.loop.time()
@@ -258,7 +259,7 @@ class _Conn(asyncio.BufferedProtocol):
             await self._wait()
         self.check()
 
-    async def next_batch(self) -> bytearray | None:
+    async def next_batch(self) -> memoryview | None:
         """The next full batch of the body, in order; None after the last."""
         while True:
             self.check()
@@ -356,6 +357,7 @@ class Pool:
         self.per_addr, self.idle_s = per_addr, idle_s
         self.connect_timeout, self.stall_timeout = connect_timeout, stall_timeout
         self.batch = batch
+        self._free: list[bytearray] = []
         self.connects = 0                       # connections opened
         self.reuses = 0                         # fetches that took an idle connection
         self.closed = False
@@ -363,11 +365,11 @@ class Pool:
         self._open: set[_Conn] = set()
 
     async def fetch(self, addr: str, path: str, headers: dict[str, str], length: int,
-                    sink: Callable[[bytearray], Awaitable[None]], *, timeout: float) -> None:
+                    sink: Callable[[memoryview], Awaitable[None]], *, timeout: float) -> None:
         """GET `path` from `addr` ("host:port") and pass its `length` body bytes to `sink`.
 
-        `sink` gets each batch as it fills, in order, and owns it from then on; the fetch
-        ends after `sink` has taken the last one."""
+        `sink` gets each batch as it fills, in order, and must be done with it when it
+        returns (the buffer is reused); the fetch ends after `sink` has taken the last one."""
         request = _request(addr, path, headers)
         deadline = asyncio.timeout(timeout)
         try:
@@ -376,6 +378,7 @@ class Pool:
                 try:
                     while (batch := await conn.next_batch()) is not None:
                         await sink(batch)
+                        self._recycle(batch)
                     conn.check_end()
                 except BaseException:
                     conn.abort()
@@ -385,6 +388,14 @@ class Pool:
                 raise FetchError(f"no complete answer from the parent within {timeout:g} s") from None
             raise
         self._put(conn)
+
+    def buffer(self) -> memoryview:
+        """A batch buffer, reused if one is free."""
+        return memoryview(self._free.pop() if self._free else bytearray(self.batch))
+
+    def _recycle(self, batch: memoryview) -> None:
+        if len(self._free) < KEEP_FREE:
+            self._free.append(batch.obj)
 
     async def _answer(self, addr: str, request: bytes, length: int) -> _Conn:
         """A connection whose answer header has arrived and is good for `length` bytes."""

@@ -1,10 +1,11 @@
 """The seed: fetch a task from the origin once, cut it into pieces, digest each.
 
 Rules kept here:
-- Bytes stream from the origin straight to the task's data file (written and hashed off the
-  event loop, `PieceWriter`); each piece is sha256'd as it passes and offered to the swarm
-  the moment its last byte is written (`on_piece`), so children start while the origin
-  download is still running.
+- Bytes stream from the origin straight to the task's data file: received in place into
+  batches that end at piece boundaries (`SourceResponse.read_body`), each written and hashed
+  as it is off the event loop (`PieceWriter.feed_owned`), never copied on it. Each piece is
+  sha256'd as it passes and offered to the swarm the moment its last byte is written
+  (`on_piece`), so children start while the origin download is still running.
 - An interrupted download resumes at the first byte not yet received (the piece being cut
   keeps its partial hash across the break), with `Range` and an `If-Range` validator: if
   the file changed meanwhile, the task fails instead of mixing two versions. An origin
@@ -25,7 +26,6 @@ from dfnet.source import SourceError, SourceResponse, open_source
 from dfnet.storage import PieceWriter, TaskFiles
 
 RETRIES = 5
-CHUNK = 256 * 1024
 log = logging.getLogger("dfnet.supernode.seed")
 
 
@@ -86,11 +86,12 @@ class _Cutter:
         self.end_of_piece = min((piece + 1) * size, self.files.length)
 
     async def feed(self, view: memoryview) -> None:
+        """Write and hash `view` (done with it on return), committing each piece it ends."""
         while view:
             k = min(len(view), self.end_of_piece - self.offset)
             if k <= 0:
                 raise SourceError("origin sent more bytes than its length", "protocol")
-            await self.writer.feed(view[:k])
+            await self.writer.feed_owned(view[:k])
             self.offset += k
             view = view[k:]
             if self.offset == self.end_of_piece:
@@ -107,14 +108,16 @@ async def _stream(resp: SourceResponse, cut: _Cutter, on_bytes: Callable[[int], 
     offset = resp.start
     if offset > cut.offset:
         raise SourceError(f"origin answered from byte {offset}, not {cut.offset}", "protocol")
-    async for chunk in resp.content.iter_any():
-        on_bytes(len(chunk))
-        if offset + len(chunk) <= cut.offset:    # an origin without ranges: skip what we hold
-            offset += len(chunk)
-            continue
-        view = memoryview(chunk)[max(0, cut.offset - offset):]
-        offset = max(offset, cut.offset)
-        await cut.feed(view)
-        offset = cut.offset
+
+    async def sink(batch: memoryview) -> None:
+        nonlocal offset
+        on_bytes(len(batch))
+        skip = cut.offset - offset              # an origin without ranges: skip what we hold
+        offset += len(batch)
+        if skip < len(batch):
+            await cut.feed(batch[max(0, skip):])
+
+    # batches end at piece boundaries, so each is written and hashed as it is
+    await resp.read_body(sink, boundary=cut.files.piece_size, batch=PieceWriter.BATCH)
     if cut.offset < cut.files.length:
         raise SourceError(f"origin closed the connection at byte {cut.offset} of {cut.files.length}")

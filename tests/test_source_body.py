@@ -1,0 +1,119 @@
+"""`SourceResponse.read_body`: the origin's body received in place, cut into batches that never
+cross a piece boundary, against a real aiohttp origin on loopback (no processes)."""
+from __future__ import annotations
+
+import asyncio
+import random
+
+import aiohttp
+from aiohttp import web
+
+from dfnet import serve
+from dfnet.source import SourceError, open_source
+
+BODY = random.Random(3).randbytes(3 * 1024 * 1024 + 777)
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+async def origin(cut_after: int | None = None):
+    async def handle(request: web.Request) -> web.StreamResponse:
+        start = int(request.headers.get("Range", "bytes=0-")[6:].split("-")[0])
+        resp = web.StreamResponse(status=206 if start else 200)
+        resp.content_length = len(BODY) - start
+        if start:
+            resp.headers["Content-Range"] = f"bytes {start}-{len(BODY) - 1}/{len(BODY)}"
+        await resp.prepare(request)
+        sent = start
+        while sent < len(BODY):
+            k = min(100_003, len(BODY) - sent)
+            if cut_after is not None and sent + k > cut_after:
+                await resp.write(BODY[sent:cut_after])
+                await asyncio.sleep(0.05)
+                request.transport.close()
+                return resp
+            await resp.write(BODY[sent:sent + k])
+            sent += k
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/f", handle)
+    return await serve.start(app, "127.0.0.1", 0)
+
+
+async def read(addr: str, start: int, boundary: int, batch: int, slow: float = 0.0):
+    got = bytearray()
+    sizes: list[tuple[int, int]] = []
+    async with aiohttp.ClientSession() as s:
+        resp = await open_source(s, f"http://{addr}/f", {}, start=start)
+        pos = resp.start
+
+        async def sink(view: memoryview) -> None:
+            nonlocal pos
+            sizes.append((pos, len(view)))
+            got.extend(view)
+            pos += len(view)
+            if slow:
+                await asyncio.sleep(slow)     # a slow disk: the socket must pause, not fill memory
+
+        try:
+            await resp.read_body(sink, boundary=boundary, batch=batch)
+        finally:
+            resp.close()
+    return resp, bytes(got), sizes
+
+
+def test_body_arrives_whole_in_batches_that_respect_boundaries():
+    async def main():
+        runner, addr = await origin()
+        try:
+            for start in (0, 1_000_001):
+                resp, got, sizes = await read(addr, start, boundary=1 << 20, batch=300_000, slow=0.002)
+                assert got == BODY[start:]
+                assert resp.taken
+                for pos, n in sizes:
+                    assert 0 < n <= 300_000
+                    assert pos // (1 << 20) == (pos + n - 1) // (1 << 20)
+        finally:
+            await runner.cleanup()
+    run(main())
+
+
+def test_a_cut_connection_ends_the_read_with_what_arrived():
+    async def main():
+        runner, addr = await origin(cut_after=1_500_000)
+        try:
+            _, got, _ = await read(addr, 0, boundary=1 << 20, batch=1 << 18)
+            assert got == BODY[:len(got)] and len(got) <= 1_500_000
+        finally:
+            await runner.cleanup()
+    run(main())
+
+
+def test_a_silent_origin_times_out(monkeypatch):
+    import dfnet.source as source
+    monkeypatch.setattr(source, "READ_TIMEOUT_S", 0.3)
+
+    async def main():
+        async def handle(request):
+            resp = web.StreamResponse()
+            resp.content_length = len(BODY)
+            await resp.prepare(request)
+            await resp.write(BODY[:200_000])
+            await asyncio.sleep(5)
+            return resp
+        app = web.Application()
+        app.router.add_get("/f", handle)
+        runner, addr = await serve.start(app, "127.0.0.1", 0)
+        try:
+            try:
+                await read(addr, 0, boundary=1 << 20, batch=1 << 16)
+            except SourceError as e:
+                assert "no byte from the origin" in str(e)
+            else:
+                raise AssertionError("a stalled origin must fail the read")
+        finally:
+            await runner.cleanup()
+    run(main())
