@@ -27,7 +27,7 @@ Rules kept here:
 - Two views of the same facts, for two kinds of reader. numpy arrays (`open`, `uploads`,
   `pfeat`...) serve gathers over many peers; Python ints used as bitsets (`have_bits`,
   `run_bits`, `avail_bits`), lists (`count_list`...) and the count levels (`levels[c]`: the
-  pieces held by exactly c online peers) serve the scheduler's per-request questions ("what
+  pieces held by exactly c online peers; `filled`: the non-empty ones, ascending) serve the scheduler's per-request questions ("what
   does this parent offer this child, and which of it is rarest"), which on a 1,000-piece task
   cost a few tenths of a microsecond as integer operations against a few microseconds per
   numpy call. Every update writes both views, except where no hot path reads the array:
@@ -37,6 +37,7 @@ Rules kept here:
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, insort
 from dataclasses import dataclass
 
 import numpy as np
@@ -149,7 +150,9 @@ class Swarm:
         self._uploads: list[int] = []
         self._slots: list[int] = []
         self.levels: list[int] = [0, 0]     # levels[c]: pieces with c online holders (c >= 1)
-        self.lowest = 1                     # the lowest non-empty level, if any piece is available
+        # the non-empty levels, ascending: in a big swarm the counts spread over thousands of
+        # levels, most of them empty, and a walk over all of them cost ~100 steps per question
+        self.filled: list[int] = []
         self._idc_codes: dict[str, int] = {}
         self.links: dict[tuple[int, int], list[int]] = {}   # (from idc, to idc) -> [slots, in use]
         self._locations = _Locations()
@@ -296,14 +299,18 @@ class Swarm:
             c = self.count_list[piece]
             self.count_list[piece] = c + 1
             levels = self.levels
-            levels[c + 1] |= bit
+            above = levels[c + 1]
+            levels[c + 1] = above | bit
+            if not above:
+                insort(self.filled, c + 1)
             if c:
-                levels[c] ^= bit
-                if c == self.lowest and not levels[c]:
-                    self.lowest = c + 1
+                left = levels[c] ^ bit
+                levels[c] = left
+                if not left:
+                    filled = self.filled
+                    del filled[bisect_left(filled, c)]
             else:
                 self.avail_bits |= bit
-                self.lowest = 1
         done = self.finished[peer] + 1
         self.finished[peer] = done
         pfeat = self.pfeat
@@ -317,8 +324,8 @@ class Swarm:
     def rarest(self, pieces: int) -> int:
         """The rarest of `pieces` (a non-empty bitset of available pieces); lowest index on ties.
 
-        Few pieces: compare their counts. Many: walk the count levels up from the lowest; a
-        swarm's counts stay close together (rarest-first keeps them so), so the walk is short.
+        Few pieces: compare their counts. Many: walk the non-empty count levels up from the
+        lowest.
         """
         if pieces.bit_count() <= 8:
             cnt = self.count_list
@@ -332,12 +339,11 @@ class Swarm:
                 pieces ^= low
             return best
         levels = self.levels
-        c = self.lowest
-        while True:
+        for c in self.filled:
             x = levels[c] & pieces
             if x:
                 return (x & -x).bit_length() - 1
-            c += 1
+        raise ValueError("none of the pieces is available")
 
     def rarest_few(self, pieces: int, k: int) -> list[int]:
         """Up to `k` of the rarest of `pieces` (available pieces), rarest first, then by index."""
@@ -351,8 +357,7 @@ class Swarm:
             out.sort(key=cnt.__getitem__)
             return out
         levels = self.levels
-        c = self.lowest
-        while True:
+        for c in self.filled:
             x = levels[c] & pieces
             while x:
                 low = x & -x
@@ -360,7 +365,7 @@ class Swarm:
                 if len(out) == k:
                     return out
                 x ^= low
-            c += 1
+        return out
 
     # ---- transfers -----------------------------------------------------------------------
     def start_transfer(self, child: int, piece: int, parent: int) -> None:
@@ -493,7 +498,7 @@ class Swarm:
                 avail |= 1 << p
         self.levels = levels
         self.avail_bits = avail
-        self.lowest = next((c for c in range(1, len(levels)) if levels[c]), 1)
+        self.filled = [c for c in range(1, len(levels)) if levels[c]]
 
     def location_row(self, child: int) -> list[float]:
         """Location match of every known location against the child's, by location id."""
