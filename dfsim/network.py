@@ -26,8 +26,11 @@ Rules kept here:
   flush at the end of the instant recomputes only the flows whose share really changed. A
   piece that ends and the next one that starts on the same link in the same instant costs no
   rate update for the link's other flows.
-- Completion times live in the network's own heap, each entry with the flow's version; an
-  entry whose version is stale (the flow was re-timed or ended) is skipped. A
+- Completion times live in the network's own calendar (a heap of distinct times, a bucket of
+  (flow, version) entries per time, in the order they were set, which is the order they run
+  in), each entry with the flow's version; an entry whose version is stale (the flow was
+  re-timed or ended) is skipped. Equal pieces started together end at the same float time,
+  so one heap operation serves several completions. A
   `CountingEnvironment` steps that heap itself; any other SimPy environment gets one
   timeout per earliest completion.
 """
@@ -124,10 +127,13 @@ class Network:
         self._flush_pending = False
         self._waking = False        # inside `_wake`: it flushes before returning
         self.active = 0
-        # completion times live in our own heap, (time, seq, flow, version): re-timing a flow
-        # is one push, and SimPy is woken only for the earliest completion
-        self._heap: list[tuple[float, int, Flow, int]] = []
-        self._seq = 0
+        # completion times live in our own calendar: a heap of distinct due times, and per
+        # time a bucket [flow, version, flow, version, ...] in the order they were set.
+        # Pieces of one size started together at one rate end at the same float time, so a
+        # bucket holds several completions for one heap push and pop
+        self._times: list[float] = []
+        self._due: dict[float, list] = {}
+        self._entries = 0           # (flow, version) pairs in the buckets, stale ones included
         self._compact_at = 4096
         self._wake_at = INF
         self.timer_updates = 0
@@ -149,13 +155,16 @@ class Network:
     def start(self, path: tuple[Resource, ...], size: float, on_done: Callable[[Flow], None],
               tag: object = None) -> Flow:
         """Start a transfer now; `on_done(flow)` is called when its last byte arrives."""
-        f = Flow(path, size, on_done, self.env.now, tag)
+        # `_now` rather than SimPy's `now` property: a call saved on every piece
+        f = Flow(path, size, on_done, self.env._now, tag)
+        dirty = self._dirty
         for r in path:
             r.flows[f] = None
-            self._dirty[r] = None
+            dirty[r] = None
         self._new.append(f)
         self.active += 1
-        self._want_flush()
+        if not self._flush_pending:
+            self._want_flush()
         return f
 
     def abort(self, f: Flow) -> float:
@@ -210,7 +219,7 @@ class Network:
 
     def _flush(self, _event) -> None:
         self._flush_pending = False
-        now = self.env.now
+        now = self.env._now
         receivers: dict[Resource, None] = {}
         for r in self._dirty:
             if r.receiver:
@@ -270,65 +279,90 @@ class Network:
         f.rate = rate
         f.version += 1
         if rate > 0.0:
-            self._seq += 1
-            heap = self._heap
-            heappush(heap, (now + f.remaining / rate, self._seq, f, f.version))
+            t = now + f.remaining / rate
+            bucket = self._due.get(t)
+            if bucket is None:
+                self._due[t] = [f, f.version]
+                heappush(self._times, t)
+            else:
+                bucket.append(f)
+                bucket.append(f.version)
             self.timer_updates += 1
-            if len(heap) > self._compact_at:
+            self._entries += 1
+            if self._entries > self._compact_at:
                 self._compact()
 
     def _compact(self) -> None:
-        """Drop stale entries: re-timed flows leave one behind each, and a heap grown to
+        """Drop stale entries: re-timed flows leave one behind each, and a calendar grown to
         millions of them makes every push and pop slower."""
-        heap = self._heap
-        heap[:] = [e for e in heap if e[2].version == e[3]]
-        heapify(heap)
-        self._compact_at = 2 * len(heap) + 4096
+        due: dict[float, list] = {}
+        for t, bucket in self._due.items():
+            live = []
+            for i in range(0, len(bucket), 2):
+                if bucket[i].version == bucket[i + 1]:
+                    live += bucket[i:i + 2]
+            if live:
+                due[t] = live
+        self._due = due
+        self._times = list(due)
+        heapify(self._times)
+        self._entries = sum(len(b) for b in due.values()) // 2
+        self._compact_at = 2 * self._entries + 4096
 
     def next_completion(self) -> float:
         """When the earliest pending completion is due (INF if none)."""
-        heap = self._heap
-        while heap and heap[0][2].version != heap[0][3]:
-            heappop(heap)                        # stale: the flow was re-timed or ended
-        return heap[0][0] if heap else INF
+        times, due = self._times, self._due
+        while times:
+            t = times[0]
+            bucket = due[t]
+            for i in range(0, len(bucket), 2):
+                if bucket[i].version == bucket[i + 1]:
+                    return t
+            heappop(times)                       # all stale: the flows were re-timed or ended
+            del due[t]
+            self._entries -= len(bucket) // 2
+        return INF
 
     def _arm(self) -> None:
         """Make sure SimPy wakes us for the earliest pending completion."""
         if self._driven:
             return                               # the environment looks at our heap itself
-        heap = self._heap
-        while heap and heap[0][2].version != heap[0][3]:
-            heappop(heap)                        # stale: the flow was re-timed or ended
-        if heap and heap[0][0] < self._wake_at:
-            self._wake_at = t = heap[0][0]
+        t = self.next_completion()
+        if t < self._wake_at:
+            self._wake_at = t
             ev = simpy.Timeout(self.env, max(0.0, t - self.env.now))
             ev.callbacks.append(self._wake)
 
     def _wake(self, _event) -> None:
-        now = self.env.now
+        now = self.env._now
         due = now + 1e-9 * max(1.0, now)         # rounding in now + delay
         if self._wake_at <= due:
             self._wake_at = INF                  # this is the wake-up `_arm` asked for
-        heap = self._heap
+        times, calendar = self._times, self._due
         # what the completions change (ended flows, the flows their callbacks start) is
         # flushed here, once, rather than by a separate SimPy event
         self._waking = True
         dirty = self._dirty
-        while heap and heap[0][0] <= due:
-            _, _, f, version = heappop(heap)
-            if f.version != version:
-                continue
-            f.version = -1
-            f.remaining = 0.0
-            f.rate = 0.0
-            size = f.size
-            for r in f.path:
-                r.bytes += size
-                del r.flows[f]
-                dirty[r] = None
-            self.active -= 1
-            self._flush_pending = True
-            f.on_done(f)
+        while times and times[0] <= due:
+            # callbacks start flows but never re-time one before the flush below, so no entry
+            # joins a bucket while it is being run
+            bucket = calendar.pop(heappop(times))
+            self._entries -= len(bucket) // 2
+            for i in range(0, len(bucket), 2):
+                f = bucket[i]
+                if f.version != bucket[i + 1]:
+                    continue                     # stale: the flow was re-timed or ended
+                f.version = -1
+                f.remaining = 0.0
+                f.rate = 0.0
+                size = f.size
+                for r in f.path:
+                    r.bytes += size
+                    del r.flows[f]
+                    dirty[r] = None
+                self.active -= 1
+                self._flush_pending = True
+                f.on_done(f)
         self._waking = False
         if self._flush_pending:
             self._flush(None)

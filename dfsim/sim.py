@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dfnet.core.scheduler import Decision, Scheduler, SchedulerConfig
-from dfnet.core.swarm import Swarm
+from dfnet.core.swarm import Swarm, bit_indices
 from dfnet.core.task import Task
 from models.interfaces import HostLoad, PieceSelector, RateController
 from models.loader import resolve_upload_slots
@@ -40,6 +40,9 @@ from .scenario import Scenario
 from .trace import TraceWriter
 
 ORIGIN = -1
+ASSIGN, WAIT = Decision.ASSIGN, Decision.WAIT
+# The per-piece path reads the clock as `env._now`: our own `CountingEnvironment` keeps it
+# there, and SimPy's `now` property costs a call per read, a few times per piece.
 RATE_INTERVAL_S = 1.0
 
 
@@ -108,6 +111,13 @@ class Simulation:
         self._build_nodes()
         f = scenario.file
         self.task = Task.for_url(f"http://origin.sim/{scenario.name}", f.size, f.piece_size)
+        # the piece grid and settings the per-piece path reads, looked up once
+        self._n_pieces = self.task.n_pieces
+        self._piece_size = self.task.piece_size
+        self._last_piece = self._n_pieces - 1
+        self._last_size = self.task.piece_length(self._last_piece) if self._n_pieces else 0
+        self._startup = bool(scenario.network.piece_overhead_s or scenario.network.ramp_bytes)
+        self._on_piece = self._piece_done
         self.trace = None
         if trace_path:
             self.trace = TraceWriter(trace_path, {"scenario": scenario.name, "seed": str(self.seed),
@@ -300,29 +310,30 @@ class Simulation:
         """Ask the scheduler what `h` should do, and do it."""
         if h.left or h.done_at is not None:
             return
-        now = self.env.now
+        now = self.env._now
         d = self.sched.request(h.peer, now)
         kind = d.kind
-        if kind == Decision.ASSIGN:
+        if kind == ASSIGN:
             net = self.sc.network
+            by_peer = self.by_peer
             for a in d.assignments:
-                parent = self.by_peer[a.parent]
+                parent = by_peer[a.parent]
                 t = Transfer(h, parent, a.piece, a.features, d.candidates, now)
-                if not (net.piece_overhead_s or net.ramp_bytes):
+                if not self._startup:
                     self._send(t)
                     continue
                 # the piece's slot is held, and no byte flows, for its round trips and ramp-up
                 h.starting[t] = parent.starting[t] = None
                 rate = min(h.download_bps, parent.upload_bps)
                 self._at(now + net.piece_overhead_s + net.ramp_bytes / rate, self._started, t)
-        elif kind == Decision.WAIT:
+        elif kind == WAIT:
             if not h.retry_pending:
                 h.retry_pending = True
                 self._at(now + d.retry_after, self._retry, h)
         elif kind == Decision.BACK_TO_SOURCE:
             # fetch from the origin what no online peer holds; P2P carries on for the rest
             sw = self.swarm
-            h.fetch = np.flatnonzero(sw.lack[h.peer] & (sw.count == 0)).tolist()
+            h.fetch = bit_indices(sw.full_bits & ~sw.have_bits[h.peer] & ~sw.avail_bits)
             self._fetch_next(h)
 
     def _started(self, t: Transfer) -> None:
@@ -333,10 +344,10 @@ class Simulation:
     def _send(self, t: Transfer) -> None:
         """The piece's bytes start to flow."""
         child, parent = t.child, t.parent
-        last = self.task.n_pieces - 1
-        size = self.task.piece_size if t.piece != last else self.task.piece_length(last)
-        path, _ = self._path(parent, child)
-        flow = self.net.start(path, size, self._piece_done, tag=t)
+        size = self._piece_size if t.piece != self._last_piece else self._last_size
+        path = (parent.up, child.down) if parent.idc == child.idc or not self.links else \
+            self._path(parent, child)[0]
+        flow = self.net.start(path, size, self._on_piece, t)
         child.downloads[flow] = None
         parent.uploads[flow] = None
 
@@ -353,7 +364,7 @@ class Simulation:
         child, parent = t.child, t.parent
         del child.downloads[flow]
         del parent.uploads[flow]
-        now = self.env.now
+        now = self.env._now
         cross = child.idc != parent.idc
         if cross:
             self.cross_idc_bytes += flow.size
@@ -361,10 +372,14 @@ class Simulation:
             self.trace.add(t.assigned, child.id, parent.id, t.piece, int(flow.size), now - t.assigned,
                            cross, "ok", t.candidates, t.features)
         wake = self.sched.piece_done(child.peer, t.piece, parent.peer, int(flow.size), now - t.assigned, now)
-        self._count_piece()
-        for p in wake:              # the children who waited longest get the freed slot first
-            self._pump(self.by_peer[p])
-        if self.swarm.finished[child.peer] == self.swarm.n_pieces:
+        self.pieces_done += 1
+        if self._bar is not None and self.pieces_done % 1000 == 0:
+            self._bar.update(1000)
+        if wake:
+            pump, by_peer = self._pump, self.by_peer
+            for p in wake:              # the children who waited longest get the freed slot first
+                pump(by_peer[p])
+        if self.swarm.finished[child.peer] == self._n_pieces:
             self._host_finished(child)
         else:
             self._pump(child)
@@ -378,8 +393,8 @@ class Simulation:
     def _fetch_next(self, node: Node) -> None:
         if node.left or node.fetching is not None:
             return
-        have = self.swarm.have
-        while node.fetch and have[node.peer, node.fetch[0]]:
+        have = self.swarm.have_bits[node.peer]
+        while node.fetch and have >> node.fetch[0] & 1:
             node.fetch.pop(0)
         if not node.fetch:
             self.swarm.producing.discard(node.peer)
@@ -437,7 +452,7 @@ class Simulation:
         if node.is_seed:
             survivors = [s for s in self.supernodes if not s.left]
             # what it had not fetched yet, and what it alone held, goes to the survivors
-            lost = np.flatnonzero(self.swarm.have[node.peer] & (self.swarm.count == 0)).tolist()
+            lost = bit_indices(self.swarm.have_bits[node.peer] & ~self.swarm.avail_bits)
             for i, piece in enumerate(node.fetch + lost if survivors else ()):
                 survivors[i % len(survivors)].fetch.append(piece)
             node.fetch = []

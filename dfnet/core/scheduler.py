@@ -28,7 +28,9 @@ Rules kept here, in order, for one request:
    `batch_reuse_s`: the child's next free slots take the next pairs still valid (piece still
    needed, parent open), so a decision is paid once per few pieces, not once per piece. This
    is how Dragonfly 2 hands a child parents to use for a while, and the answer to Kraken's
-   critique of per-piece coordination.
+   critique of per-piece coordination. A ranking none of whose remaining parents has a free
+   slot is not kept: a slot they free goes to the waiting queue (rule 5), not to whoever
+   holds an old ranking (a wake-up's batch names one parent, usually full once used).
 4. No candidate: the child waits `retry_interval_s` if a parent exists or will exist (a busy
    parent, a seed still fetching). If nobody holds or produces a piece it needs for
    `retry_limit` tries in a row, it goes back to the source, while fewer than
@@ -50,7 +52,11 @@ as long to finish and start being shared, and a flash crowd's start-up stretched
 
 Speed: a request's candidates are a handful of pairs, so the search runs in plain Python on
 the swarm's bitset view (a numpy call costs about a microsecond however small its array);
-numpy is used where it pays, for the feature matrix handed to the selector.
+numpy is used where it pays, for the feature matrix handed to the selector. The simulator
+calls this a few times per piece transfer, so the hot paths avoid what costs there: decisions
+without assignments are shared instances, waiting-queue entries are single ints (a tuple
+compare costs several times an int compare in the heap), bitset updates avoid negative ints
+(`x & ~bit` on a long bitset costs twice `x ^ bit`).
 """
 from __future__ import annotations
 
@@ -87,8 +93,8 @@ class SchedulerConfig:
     max_backoff_s: float = 8.0      # a waiting child's own retries back off up to this
 
 
-@dataclass(frozen=True, slots=True)
-class Assignment:
+@dataclass(slots=True, unsafe_hash=True)     # read-only by convention: a frozen dataclass
+class Assignment:                              # costs 4x as much to build, once per piece
     piece: int
     parent: int
     features: np.ndarray | None = None   # the row the selector scored, for traces
@@ -109,12 +115,18 @@ class Decision:
     DONE = "done"
 
 
+# decisions without assignments carry no per-request state: one shared instance of each
+# (callers read decisions, never change them)
 _DONE = Decision(Decision.DONE)
+ASSIGN = Decision.ASSIGN
 # the feature table's blocks: piece columns, then the parent's (gathered), then pair and child
 _PIECE_END = COL["piece_distance"] + 1
 _PAIR_FIRST = COL["same_idc"]
 assert _PIECE_END == PARENT_FIRST and _PAIR_FIRST == PARENT_LAST + 1 and N_FEATURES == _PAIR_FIRST + 4
 WAKE_SCAN = 16      # waiting children looked at per freed slot
+_PEER_BITS = 24     # a waiting-queue entry's low bits: the child (up to 16 M peers)
+_PEER_MASK = (1 << _PEER_BITS) - 1
+_HELD_SHIFT = _PEER_BITS + 40   # then the queue arrival number (up to 10^12 waits)
 
 
 @dataclass(slots=True)
@@ -147,20 +159,28 @@ class Scheduler:
         self._hints: dict[int, int] = {}    # child -> a parent that just became free for it
         self._waits: dict[int, int] = {}    # child -> requests in a row that found nothing
         # children waiting for a parent: a heap by (pieces held, arrival in the queue), so a
-        # freed slot goes to the child furthest behind; the last host's finish depends on it
-        self._waiting: list[tuple[int, int, int]] = []
+        # freed slot goes to the child furthest behind; the last host's finish depends on it.
+        # An entry is one int, held << (SEQ + PEER bits) | seq << PEER bits | child: ints
+        # compare several times faster than tuples, and a queue is popped once per piece
+        self._waiting: list[int] = []
         self._is_waiting: set[int] = set()
         self._queue_seq = 0
-        self._backoff = [min(config.retry_interval_s * 2 ** k, config.max_backoff_s) for k in range(17)]
+        self._backoff = [Decision(Decision.WAIT, retry_after=min(config.retry_interval_s * 2 ** k,
+                                                                 config.max_backoff_s)) for k in range(17)]
+        self._retry = Decision(Decision.WAIT, retry_after=config.retry_interval_s)
 
     # ---- events from the I/O shell: each returns the waiting children to ask again now -----
     def piece_done(self, child: int, piece: int, parent: int, nbytes: int, cost_s: float,
                    now: float) -> list[int]:
         """A verified piece arrived: the parent has a free slot, the child one more piece."""
-        self.swarm.finish_transfer(child, piece, parent, nbytes, cost_s, now)
+        sw = self.swarm
+        sw.finish_transfer(child, piece, parent, nbytes, cost_s, now)
         if not self._waiting:
             return []
-        return self._wake_for(parent) + self._wake_for(child, piece)
+        woken = self._wake_for(parent)
+        if sw.open_flags[child]:            # else it can serve nobody yet
+            woken += self._wake_for(child, piece)
+        return woken
 
     def piece_failed(self, child: int, piece: int, parent: int, *, corrupt: bool = False) -> list[int]:
         self.swarm.fail_transfer(child, piece, parent, corrupt=corrupt)
@@ -179,62 +199,67 @@ class Scheduler:
         handed `parent` as a hint its next request considers, so the freed slot is found
         without a search; children passed over keep their place.
         """
-        sw = self.swarm
         waiting = self._waiting
-        if not sw.open_flags[parent] or not waiting:
+        sw = self.swarm
+        if not waiting or not sw.open_flags[parent]:
             return []
-        useful: list[tuple[int, int, int]] = []
-        passed: list[tuple[int, int, int]] = []
+        useful: list[int] = []
+        passed: list[int] = []
         idc = sw.idc_list
         home = idc[parent]
         have, run, finished, online = sw.have_bits, sw.run_bits, sw.finished, sw.online_list
         is_waiting = self._is_waiting
-        offer = have[parent]
+        # a child can use the parent when it neither holds nor runs all of `mask`
+        mask = have[parent] if piece is None else 1 << piece
         n_pieces = sw.n_pieces
         local = 0
         scanned = 0
         while waiting and local < n and scanned < WAKE_SCAN:
             entry = heappop(waiting)
-            child = entry[2]
+            child = entry & _PEER_MASK
             if child not in is_waiting:
                 continue                        # woken or served since it queued
             if not online[child] or finished[child] == n_pieces:
                 is_waiting.discard(child)
                 continue
             scanned += 1
-            if piece is not None:
-                ok = not (have[child] | run[child]) >> piece & 1
-            else:
-                ok = offer & ~have[child] & ~run[child]
-            if ok and child != parent:
+            if (have[child] | run[child]) & mask != mask and child != parent:
                 useful.append(entry)
                 if idc[child] == home:
                     local += 1
             else:
                 passed.append(entry)
+        for entry in passed:                    # keys are unique: push order does not matter
+            heappush(waiting, entry)
+        if not useful:
+            return useful
         if local < len(useful):
             # children in the parent's IDC first: a freed slot should not pull traffic across
             # a scarce inter-IDC link while a neighbour waits; then the furthest behind
-            useful.sort(key=lambda e: (idc[e[2]] != home, e))
-        out = [e[2] for e in useful[:n]]
-        for child in out:
-            is_waiting.discard(child)
-            self._hints[child] = parent
-        for entry in useful[n:]:
-            heappush(waiting, entry)
-        for entry in passed:
-            heappush(waiting, entry)
+            useful.sort(key=lambda e: (idc[e & _PEER_MASK] != home, e))
+        out = []
+        hints = self._hints
+        for k, entry in enumerate(useful):
+            if k < n:
+                child = entry & _PEER_MASK
+                is_waiting.discard(child)
+                hints[child] = parent
+                out.append(child)
+            else:
+                heappush(waiting, entry)
         return out
 
     def _wait(self, child: int) -> Decision:
         """Queue the child for a wake-up; its own retry backs off, since wake-ups do the work."""
-        if child not in self._is_waiting:
-            self._is_waiting.add(child)
-            self._queue_seq += 1
-            heappush(self._waiting, (self.swarm.finished[child], self._queue_seq, child))
-        k = self._waits.get(child, 0)
-        self._waits[child] = k + 1
-        return Decision(Decision.WAIT, retry_after=self._backoff[min(k, 16)])
+        is_waiting = self._is_waiting
+        if child not in is_waiting:
+            is_waiting.add(child)
+            self._queue_seq = seq = self._queue_seq + 1
+            heappush(self._waiting, self.swarm.finished[child] << _HELD_SHIFT | seq << _PEER_BITS | child)
+        waits = self._waits
+        k = waits.get(child, 0)
+        waits[child] = k + 1
+        return self._backoff[k if k < 16 else 16]
 
     def request(self, child: int, now: float) -> Decision:
         """The child has free download slots and asks what to fetch."""
@@ -244,7 +269,7 @@ class Scheduler:
         running = sw.running[child]
         want = cfg.concurrent_pieces - len(running)
         if want <= 0:
-            return Decision(Decision.WAIT, retry_after=cfg.retry_interval_s)
+            return self._retry
         if running and self._waiting and child not in self._hints and child not in self._is_waiting:
             # parents are scarce and others queue for them already: join the queue rather than
             # search; freed slots go to the queue in order, so the wait is fair and cheap
@@ -255,7 +280,7 @@ class Scheduler:
             if ranking.expires >= now:
                 self._take(child, ranking, want, out)
                 if len(out) == want:
-                    return Decision(Decision.ASSIGN, out, candidates=len(ranking.pieces))
+                    return Decision(ASSIGN, out, 0.0, len(ranking.pieces))
             del self._rankings[child]
         if not sw.open_list:
             # every uplink in the swarm is busy: nothing to search for
@@ -287,11 +312,11 @@ class Scheduler:
             order = [0]
         ranking = _Ranking(now + cfg.batch_reuse_s, order, pieces, parents, x)
         self._take(child, ranking, want, out, kept=False)
-        if ranking.order and cfg.batch_reuse_s > 0:
+        if ranking.order and cfg.batch_reuse_s > 0 and self._usable(ranking):
             self._rankings[child] = ranking
         if not out:              # every pair lost its slot to an earlier pick of this batch
             return self._wait(child)
-        return Decision(Decision.ASSIGN, out, candidates=n)
+        return Decision(ASSIGN, out, 0.0, n)
 
     # ---- steps ---------------------------------------------------------------------------
     def _candidates(self, child: int, hint: int) -> tuple[list[int], list[int], bool]:
@@ -299,20 +324,43 @@ class Scheduler:
 
         Pure Python on the swarm's bitsets: a request's batch is a handful of pairs, where a
         numpy call's fixed cost would dominate."""
-        sw, cfg = self.swarm, self.config
-        needed = sw.avail_bits & ~sw.have_bits[child] & ~sw.run_bits[child]
+        sw = self.swarm
+        avail = sw.avail_bits
+        needed = avail ^ (avail & (sw.have_bits[child] | sw.run_bits[child]))   # no negative ints
         if not needed:
             return [], [], False
         pieces: list[int] = []
         parents: list[int] = []
-        open_ = sw.open_flags
-        rand = self._rand
-        if hint >= 0 and open_[hint]:
+        if hint >= 0 and sw.open_flags[hint]:
             # a wake-up: this parent freed a slot for this child; what it offers is the batch,
             # as a BitTorrent peer picks among what the peer that unchoked it holds
-            self._offer(hint, needed, int(rand() * sw.n_pieces), pieces, parents)
+            self._offer(hint, needed, int(self._rand() * sw.n_pieces), pieces, parents)
             if parents:
                 return pieces, parents, True
+        self._search(child, needed, pieces, parents)
+        if not parents:
+            return [], [], True
+        blocked = sw.blocklist[child]
+        if blocked:
+            keep = [i for i, p in enumerate(parents) if p not in blocked]
+            pieces = [pieces[i] for i in keep]
+            parents = [parents[i] for i in keep]
+        if sw.n_bad and parents:
+            bad = sw.bad
+            keep = [i for i, p in enumerate(parents) if not bad[p]]
+            if keep:
+                pieces = [pieces[i] for i in keep]
+                parents = [parents[i] for i in keep]
+        return pieces, parents, True
+
+    def _search(self, child: int, needed: int, pieces: list[int], parents: list[int]) -> None:
+        """Candidate pairs found without a hint (rule 2), appended to `pieces` and `parents`.
+
+        Kept apart from `_candidates`: its comprehensions make closures whose cells would
+        cost the hinted request, the common one, on every call."""
+        sw, cfg = self.swarm, self.config
+        open_ = sw.open_flags
+        rand = self._rand
         pool = sw.open_list
         m = len(pool)
         n_pieces = sw.n_pieces
@@ -353,34 +401,26 @@ class Scheduler:
             for p in others:
                 if p != child:
                     self._offer(p, needed, int(rand() * n_pieces), pieces, parents)
-        if not parents:
-            return [], [], True
-        blocked = sw.blocklist[child]
-        if blocked:
-            keep = [i for i, p in enumerate(parents) if p not in blocked]
-            pieces = [pieces[i] for i in keep]
-            parents = [parents[i] for i in keep]
-        if sw.n_bad and parents:
-            bad = sw.bad
-            keep = [i for i, p in enumerate(parents) if not bad[p]]
-            if keep:
-                pieces = [pieces[i] for i in keep]
-                parents = [parents[i] for i in keep]
-        return pieces, parents, True
 
     def _offer(self, parent: int, needed: int, start: int, pieces: list[int], parents: list[int],
                rare: int = 1) -> None:
         """What `parent` offers: the `rare` rarest needed pieces it holds and a random one, the
         first at or after `start`, wrapping around."""
-        offer = self.swarm.have_bits[parent] & needed
+        sw = self.swarm
+        offer = sw.have_bits[parent] & needed
         if not offer:
             return
         after = offer >> start
         drawn = start + (after & -after).bit_length() - 1 if after else (offer & -offer).bit_length() - 1
         if rare == 1:
-            offered = [self.swarm.rarest(offer)]
-        else:
-            offered = self.swarm.rarest_few(offer, rare)
+            best = sw.rarest(offer)
+            pieces.append(best)
+            parents.append(parent)
+            if drawn != best:
+                pieces.append(drawn)
+                parents.append(parent)
+            return
+        offered = sw.rarest_few(offer, rare)
         if drawn not in offered:
             offered.append(drawn)
         parents.extend([parent] * len(offered))
@@ -410,6 +450,16 @@ class Scheduler:
                                child_download) for q in parents]
         return x
 
+    def _usable(self, ranking: _Ranking) -> bool:
+        """Whether a parent of the ranking's unused pairs has a free slot now. One whose
+        parents are all busy is not kept: a slot they free goes to the waiting queue (rule 5),
+        and a wake-up's one-parent batch, the common kind, is left with only a full parent."""
+        open_, parents = self.swarm.open_flags, ranking.parents
+        for i in ranking.order:
+            if open_[parents[i]]:
+                return True
+        return False
+
     def _take(self, child: int, ranking: _Ranking, want: int, out: list[Assignment],
               kept: bool = True) -> None:
         """Assign the best still-valid pairs of a ranking, one per piece, while slots last.
@@ -417,23 +467,19 @@ class Scheduler:
         A kept ranking also skips parents flagged bad since it was scored; a fresh one was
         filtered already (bad parents stay in it only when nobody else can serve)."""
         sw = self.swarm
-        pieces, parents, x = ranking.pieces, ranking.parents, ranking.x
-        open_, running = sw.open_flags, sw.running[child]
-        held = sw.have_bits[child]
-        blocked = sw.blocklist[child]
-        check_bad = kept and sw.n_bad
-        links = sw.links
-        keep = self.keep_features
-        order = ranking.order
+        order, parents = ranking.order, ranking.parents
+        open_ = sw.open_flags
         used = 0
         for used, i in enumerate(order, 1):
-            piece = pieces[i]
             parent = parents[i]
-            if piece in running or held >> piece & 1 or not open_[parent] or parent in blocked \
-                    or (check_bad and sw.bad[parent]) or (links and not sw.link_open(parent, child)):
+            if not open_[parent]:
+                continue        # cheapest and likeliest first: a kept ranking's parent is busy
+            piece = ranking.pieces[i]
+            if piece in sw.running[child] or sw.have_bits[child] >> piece & 1 or parent in sw.blocklist[child] \
+                    or (kept and sw.n_bad and sw.bad[parent]) or (sw.links and not sw.link_open(parent, child)):
                 continue
             sw.start_transfer(child, piece, parent)
-            out.append(Assignment(piece, parent, x[i].copy() if keep else None))
+            out.append(Assignment(piece, parent, ranking.x[i].copy() if self.keep_features else None))
             if len(out) == want:
                 break
         del order[:used]
@@ -449,4 +495,4 @@ class Scheduler:
             sw.back_sourced.add(child)
             return Decision(Decision.BACK_TO_SOURCE)
         self._wait(child)
-        return Decision(Decision.WAIT, retry_after=cfg.retry_interval_s)    # no back-off here
+        return self._retry                  # no back-off here

@@ -24,17 +24,20 @@ Rules kept here:
   slots for minutes (Double 11: 10,000 hosts, two IDCs, one 10 Gbit/s link).
 - Recent traffic is kept as exponentially decayed byte counters (tau 5 s for the current
   rate, 60 s for "bytes sent last minute"), updated when a piece ends, so no timers are needed.
-- Two views of the same facts, for two kinds of reader. numpy arrays (`have`, `lack`,
-  `count`, `available`, `open`, `uploads`, `pfeat`...) serve gathers over many peers; Python
-  ints used as bitsets (`have_bits`, `run_bits`, `avail_bits`) and the count levels
-  (`levels[c]`: the pieces held by exactly c online peers) serve the scheduler's per-request
-  questions ("what does this parent offer this child, and which of it is rarest"), which on
-  a 1,000-piece task cost a few tenths of a microsecond as integer operations against a few
-  microseconds per numpy call. Every update writes both views.
+- Two views of the same facts, for two kinds of reader. numpy arrays (`open`, `uploads`,
+  `pfeat`...) serve gathers over many peers; Python ints used as bitsets (`have_bits`,
+  `run_bits`, `avail_bits`), lists (`count_list`...) and the count levels (`levels[c]`: the
+  pieces held by exactly c online peers; `filled`: the non-empty ones, ascending) serve the scheduler's per-request questions ("what
+  does this parent offer this child, and which of it is rarest"), which on a 1,000-piece task
+  cost a few tenths of a microsecond as integer operations against a few microseconds per
+  numpy call. Every update writes both views, except where no hot path reads the array:
+  `have`, `count` and `available` are built from the bitsets and lists when asked for
+  (tests, a peer leaving), so a piece costs no write into a peers x pieces matrix.
 """
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, insort
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,6 +75,16 @@ class PeerInfo:
     location: str
     upload_bps: float
     download_bps: float
+
+
+def bit_indices(bits: int) -> list[int]:
+    """The set bits of a bitset (pieces), ascending."""
+    out: list[int] = []
+    while bits:
+        low = bits & -bits
+        out.append(low.bit_length() - 1)
+        bits ^= low
+    return out
 
 
 class _Locations:
@@ -117,6 +130,7 @@ class Swarm:
         self.task = task
         self.min_upload_bps = min_upload_bps
         self.n_pieces = task.n_pieces
+        self.full_bits = (1 << self.n_pieces) - 1   # every piece
         self.upload_slots = upload_slots
         self.seed_upload_slots = seed_upload_slots
         self.peers: list[PeerInfo] = []
@@ -124,8 +138,6 @@ class Swarm:
         self.open_list: list[int] = []      # open peers, in no order (swap-remove)
         self._open_pos: dict[int, int] = {}
         self.online_peers = 0
-        self.count = np.zeros(self.n_pieces, dtype=np.int64)
-        self.available = np.zeros(self.n_pieces, dtype=np.bool_)    # count > 0
         self.holders: list[list[int]] = [[] for _ in range(self.n_pieces)]
         # the bitset view: bit p of an int is piece p
         self.have_bits: list[int] = []      # per peer: the pieces it holds
@@ -138,7 +150,9 @@ class Swarm:
         self._uploads: list[int] = []
         self._slots: list[int] = []
         self.levels: list[int] = [0, 0]     # levels[c]: pieces with c online holders (c >= 1)
-        self.lowest = 1                     # the lowest non-empty level, if any piece is available
+        # the non-empty levels, ascending: in a big swarm the counts spread over thousands of
+        # levels, most of them empty, and a walk over all of them cost ~100 steps per question
+        self.filled: list[int] = []
         self._idc_codes: dict[str, int] = {}
         self.links: dict[tuple[int, int], list[int]] = {}   # (from idc, to idc) -> [slots, in use]
         self._locations = _Locations()
@@ -153,7 +167,7 @@ class Swarm:
         self.producing: set[int] = set()    # peers fetching from the origin right now
         self._served_ok: list[int] = []
         self._served_fail: list[int] = []
-        self._cost: list[list[float]] = []  # [n, mean, M2, last] per parent (Welford)
+        self._cost: list[list] = []         # [n, mean, M2, last, bad] per parent (Welford)
         self._sent: list[list[float]] = []  # [t, decayed 5 s, decayed 60 s]
         self._alloc(capacity)
 
@@ -167,15 +181,15 @@ class Swarm:
                 new[:n] = old[:n]
             return new
 
-        self.have = grow(getattr(self, "have", None), (capacity, self.n_pieces), np.bool_, False)
-        # `lack` is `~have`, kept so the hot path needs no negation
-        self.lack = grow(getattr(self, "lack", None), (capacity, self.n_pieces), np.bool_, True)
         self.pfeat = grow(getattr(self, "pfeat", None), (capacity, N_PARENT_COLS), np.float64, 0.0)
         self.online = grow(getattr(self, "online", None), (capacity,), np.bool_, False)
-        # online and with a free upload slot: the filter every candidate parent passes
-        self.open = grow(getattr(self, "open", None), (capacity,), np.bool_, False)
-        # the same flags as bytes, for the scheduler's scalar loops (much faster to index)
-        self.open_flags = bytearray(self.open.tobytes())
+        # online and with a free upload slot: the filter every candidate parent passes. Kept
+        # as bytes, for the scheduler's scalar loops (much faster to index than numpy), and
+        # `open` is a numpy view of the same bytes: one write updates both
+        flags = bytearray(capacity)
+        flags[:n] = getattr(self, "open_flags", b"")[:n]
+        self.open_flags = flags
+        self.open = np.frombuffer(flags, dtype=np.bool_)
         self.uploads = grow(getattr(self, "uploads", None), (capacity,), np.int64, 0)
         self.slots = grow(getattr(self, "slots", None), (capacity,), np.int64, 0)
         self.bad = grow(getattr(self, "bad", None), (capacity,), np.bool_, False)
@@ -221,9 +235,32 @@ class Swarm:
         self.no_parent_tries.append(0)
         self._served_ok.append(0)
         self._served_fail.append(0)
-        self._cost.append([0.0, 0.0, 0.0, 0.0])
+        self._cost.append([0.0, 0.0, 0.0, 0.0, False])
         self._sent.append([0.0, 0.0, 0.0])
         return i
+
+    # ---- numpy views built on demand (tests, and rare events such as a peer leaving) ------
+    @property
+    def have(self) -> np.ndarray:
+        """`have[peer, piece]`: whether the peer holds the piece, one row per slot of capacity."""
+        n = self.n_pieces
+        out = np.zeros((self.capacity, n), dtype=np.bool_)
+        nbytes = (n + 7) // 8
+        for peer, bits in enumerate(self.have_bits):
+            if bits:
+                row = np.frombuffer(bits.to_bytes(nbytes, "little"), dtype=np.uint8)
+                out[peer] = np.unpackbits(row, bitorder="little")[:n]
+        return out
+
+    @property
+    def count(self) -> np.ndarray:
+        """Online holders per piece."""
+        return np.array(self.count_list, dtype=np.int64)
+
+    @property
+    def available(self) -> np.ndarray:
+        """Pieces some online peer holds."""
+        return self.count > 0
 
     def idc_code(self, idc: str) -> int:
         return self._idc_codes.setdefault(idc, len(self._idc_codes))
@@ -257,23 +294,23 @@ class Swarm:
         if held & bit:
             return
         self.have_bits[peer] = held | bit
-        self.have[peer, piece] = True
-        self.lack[peer, piece] = False
         self.holders[piece].append(peer)
         if self.online_list[peer]:
             c = self.count_list[piece]
             self.count_list[piece] = c + 1
-            self.count[piece] = c + 1
             levels = self.levels
-            levels[c + 1] |= bit
+            above = levels[c + 1]
+            levels[c + 1] = above | bit
+            if not above:
+                insort(self.filled, c + 1)
             if c:
-                levels[c] ^= bit
-                if c == self.lowest and not levels[c]:
-                    self.lowest = c + 1
+                left = levels[c] ^ bit
+                levels[c] = left
+                if not left:
+                    filled = self.filled
+                    del filled[bisect_left(filled, c)]
             else:
                 self.avail_bits |= bit
-                self.available[piece] = True
-                self.lowest = 1
         done = self.finished[peer] + 1
         self.finished[peer] = done
         pfeat = self.pfeat
@@ -287,8 +324,8 @@ class Swarm:
     def rarest(self, pieces: int) -> int:
         """The rarest of `pieces` (a non-empty bitset of available pieces); lowest index on ties.
 
-        Few pieces: compare their counts. Many: walk the count levels up from the lowest; a
-        swarm's counts stay close together (rarest-first keeps them so), so the walk is short.
+        Few pieces: compare their counts. Many: walk the non-empty count levels up from the
+        lowest.
         """
         if pieces.bit_count() <= 8:
             cnt = self.count_list
@@ -302,12 +339,11 @@ class Swarm:
                 pieces ^= low
             return best
         levels = self.levels
-        c = self.lowest
-        while True:
+        for c in self.filled:
             x = levels[c] & pieces
             if x:
                 return (x & -x).bit_length() - 1
-            c += 1
+        raise ValueError("none of the pieces is available")
 
     def rarest_few(self, pieces: int, k: int) -> list[int]:
         """Up to `k` of the rarest of `pieces` (available pieces), rarest first, then by index."""
@@ -321,8 +357,7 @@ class Swarm:
             out.sort(key=cnt.__getitem__)
             return out
         levels = self.levels
-        c = self.lowest
-        while True:
+        for c in self.filled:
             x = levels[c] & pieces
             while x:
                 low = x & -x
@@ -330,22 +365,21 @@ class Swarm:
                 if len(out) == k:
                     return out
                 x ^= low
-            c += 1
+        return out
 
     # ---- transfers -----------------------------------------------------------------------
     def start_transfer(self, child: int, piece: int, parent: int) -> None:
         self.running[child].add(piece)
         self.run_bits[child] |= 1 << piece
-        self._set_uploads(parent, self._uploads[parent] + 1)
+        self._set_uploads(parent, 1)
         if self.links:
             self._hold_link(parent, child, 1)
 
     def finish_transfer(self, child: int, piece: int, parent: int, nbytes: int, cost_s: float,
                         now: float) -> None:
         """A verified piece arrived at `child` from `parent` after `cost_s` seconds."""
-        self.running[child].discard(piece)
-        self.run_bits[child] &= ~(1 << piece)
-        self._set_uploads(parent, self._uploads[parent] - 1)
+        self._stop_running(child, piece)
+        self._set_uploads(parent, -1)
         if self.links:
             self._hold_link(parent, child, -1)
         ok = self._served_ok[parent] = self._served_ok[parent] + 1
@@ -368,9 +402,8 @@ class Swarm:
 
     def fail_transfer(self, child: int, piece: int, parent: int, *, corrupt: bool = False) -> None:
         """A transfer ended without a good piece; a corrupt piece blocklists its parent."""
-        self.running[child].discard(piece)
-        self.run_bits[child] &= ~(1 << piece)
-        self._set_uploads(parent, self._uploads[parent] - 1)
+        self._stop_running(child, piece)
+        self._set_uploads(parent, -1)
         if self.links:
             self._hold_link(parent, child, -1)
         self._served_fail[parent] += 1
@@ -379,22 +412,36 @@ class Swarm:
         if corrupt or not self.online_list[parent]:
             self.blocklist[child].add(parent)
 
-    def _set_uploads(self, parent: int, n: int) -> None:
-        self._uploads[parent] = n
+    def _stop_running(self, child: int, piece: int) -> None:
+        running = self.running[child]
+        if piece in running:            # `run_bits` has the piece's bit exactly then
+            running.remove(piece)
+            self.run_bits[child] ^= 1 << piece     # cheaper than & ~bit on a long bitset
+
+    def _set_uploads(self, parent: int, delta: int) -> None:
+        """One upload more (+1) or fewer (-1) on `parent`."""
+        uploads = self._uploads
+        n = uploads[parent] + delta
+        uploads[parent] = n
         self.uploads[parent] = n
         slots = self._slots[parent]
-        is_open = n < slots and self.online_list[parent]
-        if self.open_flags[parent] != is_open:
-            self._set_open(parent, is_open)
+        # only an online peer is ever open, so an open one needs no online check
+        if n < slots:
+            if not self.open_flags[parent] and self.online_list[parent]:
+                self._set_open(parent, True)
+            free = 1.0 - n / slots
+        else:
+            if self.open_flags[parent]:
+                self._set_open(parent, False)
+            free = 0.0
         pfeat = self.pfeat
         pfeat[parent, _UPLOADS] = n
-        pfeat[parent, _FREE] = 1.0 - n / slots if n < slots else 0.0
+        pfeat[parent, _FREE] = free
 
     def _set_open(self, peer: int, is_open: bool) -> None:
         if self.open_flags[peer] == is_open:
             return
-        self.open[peer] = is_open
-        self.open_flags[peer] = is_open
+        self.open_flags[peer] = is_open        # `open` is a view of these bytes
         if is_open:
             self._open_pos[peer] = len(self.open_list)
             self.open_list.append(peer)
@@ -415,7 +462,8 @@ class Swarm:
                 bad = cost > mean + 3.0 * math.sqrt(m2 / (n - 1))
         else:
             bad = False
-        if bad != bool(self.bad[parent]):
+        if bad != c[4]:
+            c[4] = bad
             self.n_bad += 1 if bad else -1
             self.bad[parent] = bad
         n += 1
@@ -433,15 +481,15 @@ class Swarm:
         self.online_list[peer] = False
         self._set_open(peer, False)
         self.online_peers -= 1
-        self.count -= self.have[peer]
-        self.available = self.count > 0
+        cnt = self.count_list
+        for piece in bit_indices(self.have_bits[peer]):
+            cnt[piece] -= 1
         self.producing.discard(peer)
         self._rebuild_levels()
 
     def _rebuild_levels(self) -> None:
-        """Counts went down (rare: a peer left); rebuild the bitset view from `count`."""
-        cnt = self.count.tolist()
-        self.count_list = cnt
+        """Counts went down (rare: a peer left); rebuild the bitset view from `count_list`."""
+        cnt = self.count_list
         levels = [0] * len(self.levels)
         avail = 0
         for p, c in enumerate(cnt):
@@ -450,7 +498,7 @@ class Swarm:
                 avail |= 1 << p
         self.levels = levels
         self.avail_bits = avail
-        self.lowest = next((c for c in range(1, len(levels)) if levels[c]), 1)
+        self.filled = [c for c in range(1, len(levels)) if levels[c]]
 
     def location_row(self, child: int) -> list[float]:
         """Location match of every known location against the child's, by location id."""
