@@ -19,7 +19,11 @@ Rules kept here:
   the same batches from aiohttp's stream. Either way at most `WAITING_MAX` full batches wait
   for the consumer before the socket stops being read, no byte arrives for `READ_TIMEOUT_S`
   (the consumer's own time not counted) fails the read, and a taken-over connection is
-  closed with the response, never reused.
+  closed with the response, never reused. A caller that gives a blocking `write` has a
+  taken-over body received and written in one worker thread (`dfnet.sockthread`: one system
+  call per batch, no event-loop callback per `recv`, no thread round trip per batch), the
+  same batches, one reused buffer, the same timeout; the thread has ended when `read_body`
+  returns, however it ends.
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from .logs import redact_url
+from .sockthread import SocketThread, Stalled, Stopped
 
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 30.0
@@ -94,13 +99,17 @@ class SourceResponse:
         else:
             self.response.release()
 
-    async def read_body(self, sink: Callable[[memoryview], Awaitable[None]], *, boundary: int, batch: int) -> None:
+    async def read_body(self, sink: Callable[[memoryview], Awaitable[None]], *, boundary: int, batch: int,
+                        write: Callable[[memoryview], None] | None = None) -> None:
         """Pass the body to `sink` in order, in batches of at most `batch` bytes that never
         cross a multiple of `boundary` (counted in the file's offsets, from `start`).
 
         `sink` must be done with a batch when it returns: its buffer is reused. Returns when
         the origin has sent the whole body or closed the connection (the caller compares
-        what it got with what it needs); a stalled or broken read is a `SourceError`."""
+        what it got with what it needs); a stalled or broken read is a `SourceError`.
+        With `write` (blocking, safe in a worker thread), a body that can be taken over is
+        received and passed to `write` in one worker thread instead (`dfnet.sockthread`);
+        one that cannot still goes to `sink`."""
         body = _Body(self.start, boundary, batch)
         resp = self.response
         length = resp.content_length
@@ -124,6 +133,16 @@ class SourceResponse:
         # through aiohttp's protocol also stops its read timer (ours replaces it).
         self.taken = True
         conn.protocol.pause_reading()
+        if write is not None:
+            reader = SocketThread(conn.transport, READ_TIMEOUT_S)
+            end = self.start + length
+            try:
+                await reader.run(lambda fill: _receive(fill, write, already, self.start, end, boundary, batch))
+            except Stalled:
+                raise SourceError(f"no byte from the origin for {READ_TIMEOUT_S:g} s") from None
+            except Stopped:
+                raise SourceError("the read was stopped") from None
+            return
         body.expect(length)
         body.take(already)
         body.adopt(conn.transport)
@@ -318,6 +337,26 @@ class _Body(asyncio.BufferedProtocol):
         w = self._waiter
         if w is not None and not w.done():
             w.set_result(None)
+
+
+def _receive(fill: Callable[[memoryview], int], write: Callable[[memoryview], None], already: bytes,
+             pos: int, end: int, boundary: int, batch: int) -> None:
+    """In a worker thread: the body from file offset `pos` to `end`, `already` first, to
+    `write` in batches that never cross a multiple of `boundary`; one buffer, reused."""
+    buf = memoryview(bytearray(max(1, min(batch, end - pos))))
+    pending = memoryview(already)
+    while pos < end:
+        limit = min(len(buf), (pos // boundary + 1) * boundary - pos, end - pos)
+        k = min(len(pending), limit)
+        buf[:k] = pending[:k]
+        pending = pending[k:]
+        if k < limit:
+            k += fill(buf[k:limit])
+        if k:
+            write(buf[:k])
+            pos += k
+        if k < limit:
+            return                              # the origin closed: the caller sees the count
 
 
 def _reason(e: BaseException) -> str:

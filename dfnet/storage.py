@@ -130,6 +130,10 @@ class TaskFiles:
             self._fd = -1
             self._record.close()
 
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
     def remove(self) -> None:
         self.close()
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -259,6 +263,18 @@ class PieceWriter:
         if data:
             await asyncio.to_thread(self._write, [data], self.offset + self.written)
             self.written += len(data)
+
+    def write_now(self, data: bytearray | memoryview) -> None:
+        """Write and hash `data` in the calling thread (a worker thread that received it: the
+        bytes are hashed and written while still in that core's cache, with no handoff).
+        Never while a `feed`/`feed_owned` of the same writer is running."""
+        if data:
+            self._write([data], self.offset + self.written)
+            self.written += len(data)
+
+    def hexdigest(self) -> str:
+        """The sha256 hex of everything written with `write_now` (in its thread)."""
+        return self._hash.hexdigest()
 
     async def digest(self) -> str:
         """Flush what is left; the sha256 hex of everything fed."""

@@ -3,9 +3,12 @@
 Rules kept here:
 - Bytes stream from the origin straight to the task's data file: received in place into
   batches that end at piece boundaries (`SourceResponse.read_body`), each written and hashed
-  as it is off the event loop (`PieceWriter.feed_owned`), never copied on it. Each piece is
-  sha256'd as it passes and offered to the swarm the moment its last byte is written
-  (`on_piece`), so children start while the origin download is still running.
+  as it is off the event loop, never copied on it: by the worker thread that received it
+  when the body can be taken over (`_Cutter.feed_now`), else by a worker thread per batch
+  (`PieceWriter.feed_owned`). Each piece is sha256'd as it passes and offered to the swarm
+  the moment its last byte is written (`on_piece`), so children start while the origin
+  download is still running. Commits, `on_piece` and `on_bytes` run on the event loop
+  (a receiving thread schedules them there, in order, before it ends).
 - An interrupted download resumes at the first byte not yet received (the piece being cut
   keeps its partial hash across the break), with `Range` and an `If-Range` validator: if
   the file changed meanwhile, the task fails instead of mixing two versions. An origin
@@ -77,6 +80,7 @@ class _Cutter:
 
     def __init__(self, files: TaskFiles, on_piece: Callable[[int, str], None]):
         self.files, self.on_piece = files, on_piece
+        self.loop = asyncio.get_running_loop()
         self._start_piece(files.have.index(0))
 
     def _start_piece(self, piece: int) -> None:
@@ -102,6 +106,28 @@ class _Cutter:
                     return
                 self._start_piece(self.piece + 1)    # the stream is sequential
 
+    def feed_now(self, view: memoryview) -> None:
+        """`feed` in the worker thread that received `view`; each piece it ends is committed
+        and offered on the event loop (scheduled now, so before the thread's own end)."""
+        while view:
+            k = min(len(view), self.end_of_piece - self.offset)
+            if k <= 0:
+                raise SourceError("origin sent more bytes than its length", "protocol")
+            self.writer.write_now(view[:k])
+            self.offset += k
+            view = view[k:]
+            if self.offset == self.end_of_piece:
+                self.loop.call_soon_threadsafe(self._piece_done, self.piece, self.writer.hexdigest())
+                if self.piece == self.files.n_pieces - 1:
+                    return
+                self._start_piece(self.piece + 1)
+
+    def _piece_done(self, piece: int, digest: str) -> None:
+        if self.files.closed:                   # the task went away meanwhile
+            return
+        self.files.commit(piece, digest)
+        self.on_piece(piece, digest)
+
 
 async def _stream(resp: SourceResponse, cut: _Cutter, on_bytes: Callable[[int], None]) -> None:
     """Copy the response body into the task from `cut.offset`, committing whole pieces."""
@@ -117,7 +143,15 @@ async def _stream(resp: SourceResponse, cut: _Cutter, on_bytes: Callable[[int], 
         if skip < len(batch):
             await cut.feed(batch[max(0, skip):])
 
+    def write(batch: memoryview) -> None:      # the same, in the receiving worker thread
+        nonlocal offset
+        cut.loop.call_soon_threadsafe(on_bytes, len(batch))
+        skip = cut.offset - offset
+        offset += len(batch)
+        if skip < len(batch):
+            cut.feed_now(batch[max(0, skip):])
+
     # batches end at piece boundaries, so each is written and hashed as it is
-    await resp.read_body(sink, boundary=cut.files.piece_size, batch=PieceWriter.BATCH)
+    await resp.read_body(sink, boundary=cut.files.piece_size, batch=PieceWriter.BATCH, write=write)
     if cut.offset < cut.files.length:
         raise SourceError(f"origin closed the connection at byte {cut.offset} of {cut.files.length}")
