@@ -19,11 +19,10 @@ Rules kept here:
   the same batches from aiohttp's stream. Either way at most `WAITING_MAX` full batches wait
   for the consumer before the socket stops being read, no byte arrives for `READ_TIMEOUT_S`
   (the consumer's own time not counted) fails the read, and a taken-over connection is
-  closed with the response, never reused. A caller that gives a blocking `write` has a
-  taken-over body received and written in one worker thread (`dfnet.sockthread`: one system
-  call per batch, no event-loop callback per `recv`, no thread round trip per batch), the
-  same batches, one reused buffer, the same timeout; the thread has ended when `read_body`
-  returns, however it ends.
+  closed with the response, never reused. A caller that gives `into` has a taken-over body
+  moved by one worker thread (`dfnet.sockthread`: spliced into its file, no event-loop
+  callback per `recv`, no thread round trip per batch), with the same timeout; the thread
+  has ended when `read_body` returns, however it ends.
 """
 from __future__ import annotations
 
@@ -100,16 +99,18 @@ class SourceResponse:
             self.response.release()
 
     async def read_body(self, sink: Callable[[memoryview], Awaitable[None]], *, boundary: int, batch: int,
-                        write: Callable[[memoryview], None] | None = None) -> None:
+                        into=None) -> None:
         """Pass the body to `sink` in order, in batches of at most `batch` bytes that never
         cross a multiple of `boundary` (counted in the file's offsets, from `start`).
 
         `sink` must be done with a batch when it returns: its buffer is reused. Returns when
         the origin has sent the whole body or closed the connection (the caller compares
         what it got with what it needs); a stalled or broken read is a `SourceError`.
-        With `write` (blocking, safe in a worker thread), a body that can be taken over is
-        received and passed to `write` in one worker thread instead (`dfnet.sockthread`);
-        one that cannot still goes to `sink`."""
+        With `into` (anything with `write_now(view)` and `take_now(receiver, n) -> taken`,
+        like the seed's cutter), a body that can be taken over is moved by one worker thread
+        instead (`dfnet.sockthread`): the bytes already received through `write_now`, the
+        rest straight from the socket through `take_now`, where batches and boundaries are
+        `into`'s business. A body that cannot be taken over still goes to `sink`."""
         body = _Body(self.start, boundary, batch)
         resp = self.response
         length = resp.content_length
@@ -133,11 +134,14 @@ class SourceResponse:
         # through aiohttp's protocol also stops its read timer (ours replaces it).
         self.taken = True
         conn.protocol.pause_reading()
-        if write is not None:
-            reader = SocketThread(conn.transport, READ_TIMEOUT_S)
-            end = self.start + length
+        if into is not None:
+            def work(rx) -> None:               # in the worker thread
+                if already:
+                    into.write_now(memoryview(already))
+                into.take_now(rx, length - len(already))
+
             try:
-                await reader.run(lambda fill: _receive(fill, write, already, self.start, end, boundary, batch))
+                await SocketThread(conn.transport, READ_TIMEOUT_S).run(work)
             except Stalled:
                 raise SourceError(f"no byte from the origin for {READ_TIMEOUT_S:g} s") from None
             except Stopped:
@@ -337,26 +341,6 @@ class _Body(asyncio.BufferedProtocol):
         w = self._waiter
         if w is not None and not w.done():
             w.set_result(None)
-
-
-def _receive(fill: Callable[[memoryview], int], write: Callable[[memoryview], None], already: bytes,
-             pos: int, end: int, boundary: int, batch: int) -> None:
-    """In a worker thread: the body from file offset `pos` to `end`, `already` first, to
-    `write` in batches that never cross a multiple of `boundary`; one buffer, reused."""
-    buf = memoryview(bytearray(max(1, min(batch, end - pos))))
-    pending = memoryview(already)
-    while pos < end:
-        limit = min(len(buf), (pos // boundary + 1) * boundary - pos, end - pos)
-        k = min(len(pending), limit)
-        buf[:k] = pending[:k]
-        pending = pending[k:]
-        if k < limit:
-            k += fill(buf[k:limit])
-        if k:
-            write(buf[:k])
-            pos += k
-        if k < limit:
-            return                              # the origin closed: the caller sees the count
 
 
 def _reason(e: BaseException) -> str:

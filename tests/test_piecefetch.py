@@ -11,6 +11,7 @@ import asyncio
 import os
 import random
 import sys
+import tempfile
 import time
 import traceback
 
@@ -136,11 +137,49 @@ async def fetch(pool: Pool, addr: str, length: int = len(BODY), timeout: float =
         got.extend(batch)
 
     if mode == "thread":
-        await pool.fetch(addr, "/v1/tasks/x/pieces/0", {"X-Dfly-Token": "t"}, length, None, timeout=timeout,
-                         write=got.extend)
-    else:
-        await pool.fetch(addr, "/v1/tasks/x/pieces/0", {"X-Dfly-Token": "t"}, length, sink, timeout=timeout)
+        into = Into()
+        try:
+            await pool.fetch(addr, "/v1/tasks/x/pieces/0", {"X-Dfly-Token": "t"}, length, None, timeout=timeout,
+                             into=into)
+            return into.bytes()
+        finally:
+            into.close()
+    await pool.fetch(addr, "/v1/tasks/x/pieces/0", {"X-Dfly-Token": "t"}, length, sink, timeout=timeout)
     return bytes(got)
+
+
+class Into:
+    """A thread-side consumer like `PieceWriter`: spliced bytes go into a temporary file."""
+
+    def __init__(self, fail_after: int | None = None):
+        self.f = tempfile.TemporaryFile()
+        self.pos = 0
+        self.calls = 0
+        self.fail_after = fail_after
+
+    def write_now(self, view) -> None:
+        os.pwrite(self.f.fileno(), view, self.pos)
+        self.pos += len(view)
+
+    def take_now(self, rx, n: int) -> int:
+        taken = 0
+        while taken < n:
+            want = min(64 * 1024, n - taken)
+            k = rx.splice(self.f.fileno(), self.pos, want)
+            self.pos += k
+            taken += k
+            self.calls += 1
+            if self.calls == self.fail_after:
+                raise OSError(28, "No space left on device")
+            if k < want:
+                break
+        return taken
+
+    def bytes(self) -> bytes:
+        return os.pread(self.f.fileno(), self.pos, 0)
+
+    def close(self) -> None:
+        self.f.close()
 
 
 both = pytest.mark.parametrize("mode", ["loop", "thread"])
@@ -462,7 +501,7 @@ def test_a_thread_stalled_mid_body_times_out_and_ends(tmp_path):
         async with Scripted(answer) as s:
             t0 = time.monotonic()
             with pytest.raises(FetchError, match="no byte from the parent for 0.4 s"):
-                await fetch(Pool(stall_timeout=0.4, batch=64 * 1024), s.addr, mode="thread")
+                await fetch(Pool(stall_timeout=0.4), s.addr, mode="thread")
             assert 0.5 < time.monotonic() - t0 < 3 and receiving_threads() == 0
             await asyncio.wait_for(s.closed.wait(), 5)
     run(main())
@@ -476,17 +515,12 @@ def test_thread_write_errors_pass_through_and_close_the_connection(tmp_path):
 
     async def main():
         async with Scripted(answer) as s:
-            pool = Pool(batch=64 * 1024)
-            sizes = []
-
-            def write(batch):
-                sizes.append(len(batch))
-                if len(sizes) == 2:
-                    raise OSError(28, "No space left on device")
-
+            pool = Pool()
+            into = Into(fail_after=2)
             with pytest.raises(OSError, match="No space"):
-                await pool.fetch(s.addr, "/p", {}, len(BODY), None, timeout=5, write=write)
-            assert sizes == [64 * 1024, 64 * 1024] and receiving_threads() == 0
+                await pool.fetch(s.addr, "/p", {}, len(BODY), None, timeout=5, into=into)
+            assert into.calls == 2 and receiving_threads() == 0
+            into.close()
             await asyncio.wait_for(s.closed.wait(), 5)
             assert pool.idle_count(s.addr) == 0
     run(main())
@@ -507,4 +541,30 @@ def test_pool_close_ends_a_receiving_thread(tmp_path):
             with pytest.raises(FetchError):
                 await asyncio.wait_for(job, 2)          # not the stall timeout's 15 s
             assert receiving_threads() == 0
+    run(main())
+
+
+def test_pieces_arrive_whole_where_the_kernel_cannot_splice(tmp_path, monkeypatch):
+    monkeypatch.delattr(os, "splice")           # the worker thread receives and pwrites instead
+
+    async def main():
+        async with Parent(tmp_path) as parent:
+            dl = child(tmp_path)
+            for p in range(dl.files.n_pieces):
+                await dl._fetch_piece(p, parent.addr, TID, TOKEN, parent.sha(p))
+            assert dl.files.complete and dl.files.read(0, LENGTH) == parent.data
+            dl.host.piece_pool.close()
+    run(main())
+
+
+def test_the_receiving_thread_leaves_no_descriptor_behind(tmp_path):
+    async def main():
+        async with Parent(tmp_path) as parent:
+            dl = child(tmp_path)
+            await dl._fetch_piece(0, parent.addr, TID, TOKEN, parent.sha(0))    # warm up
+            before = len(os.listdir("/proc/self/fd"))
+            for p in range(1, dl.files.n_pieces):
+                await dl._fetch_piece(p, parent.addr, TID, TOKEN, parent.sha(p))
+            assert len(os.listdir("/proc/self/fd")) == before      # pipes and dups closed
+            dl.host.piece_pool.close()
     run(main())

@@ -3,7 +3,9 @@ cross a piece boundary, against a real aiohttp origin on loopback (no processes)
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import tempfile
 import sys
 import time
 import traceback
@@ -72,16 +74,32 @@ async def read(addr: str, start: int, boundary: int, batch: int, slow: float = 0
             if slow:
                 await asyncio.sleep(slow)     # a slow disk: the socket must pause, not fill memory
 
-        def write(view: memoryview) -> None:
-            nonlocal pos
-            sizes.append((pos, len(view)))
-            got.extend(view)
-            pos += len(view)
-            if slow:
-                time.sleep(slow)
+        class Into:                             # in the worker thread, like the seed's cutter
+            def write_now(self, view: memoryview) -> None:
+                nonlocal pos
+                sizes.append((pos, len(view)))
+                got.extend(view)
+                pos += len(view)
+
+            def take_now(self, rx, n: int) -> int:
+                nonlocal pos
+                with tempfile.TemporaryFile() as f:
+                    taken = 0
+                    while taken < n:
+                        want = min(batch, (pos // boundary + 1) * boundary - pos, n - taken)
+                        k = rx.splice(f.fileno(), 0, want)
+                        sizes.append((pos, k))
+                        got.extend(os.pread(f.fileno(), k, 0))
+                        pos += k
+                        taken += k
+                        if slow:
+                            time.sleep(slow)
+                        if k < want:
+                            break
+                    return taken
 
         try:
-            await resp.read_body(sink, boundary=boundary, batch=batch, write=write if mode == "thread" else None)
+            await resp.read_body(sink, boundary=boundary, batch=batch, into=Into() if mode == "thread" else None)
         finally:
             resp.close()
     return resp, bytes(got), sizes
@@ -96,6 +114,8 @@ def test_body_arrives_whole_in_batches_that_respect_boundaries(mode):
                 resp, got, sizes = await read(addr, start, boundary=1 << 20, batch=300_000, slow=0.002, mode=mode)
                 assert got == BODY[start:]
                 assert resp.taken
+                if mode == "thread":
+                    continue                    # with `into`, batches are the consumer's business
                 for pos, n in sizes:
                     assert 0 < n <= 300_000
                     assert pos // (1 << 20) == (pos + n - 1) // (1 << 20)
@@ -173,6 +193,33 @@ def test_a_cancelled_thread_read_ends_its_thread_and_connection():
                 await job
             assert time.monotonic() - t0 < 1 and receiving_threads() == 0
             await asyncio.wait_for(closed.wait(), 5)
+        finally:
+            await runner.cleanup()
+    run(main())
+
+
+def test_the_seed_cuts_whole_pieces_from_a_body_taken_over_mid_stream(tmp_path):
+    """Through `dfnet.supernode.seed.fetch`: the body's first bytes come with the header (copied
+    in), the rest is spliced by the worker thread; every piece's bytes and digest are right."""
+    import hashlib
+
+    from dfnet.storage import TaskFiles
+    from dfnet.supernode import seed
+
+    async def main():
+        runner, addr = await origin()
+        try:
+            piece = 1 << 20
+            files = TaskFiles.create(tmp_path, "a" * 64, {"length": len(BODY), "piece_size": piece})
+            offered: dict[int, str] = {}
+            counted = []
+            async with aiohttp.ClientSession() as s:
+                await seed.fetch(files, s, f"http://{addr}/f", {}, None, None, offered.__setitem__, counted.append)
+            assert files.complete and files.read(0, len(BODY)) == BODY
+            want = [hashlib.sha256(BODY[p * piece:(p + 1) * piece]).hexdigest() for p in range(files.n_pieces)]
+            assert files.digests == want and [offered[p] for p in range(files.n_pieces)] == want
+            assert sum(counted) == len(BODY)
+            files.close()
         finally:
             await runner.cleanup()
     run(main())

@@ -7,8 +7,8 @@ Rules kept here:
 - Assigned pieces are fetched concurrently, each streamed to its offset while hashed (over
   `piecefetch`'s keep-alive connections, received in place into the batches the hashing
   thread writes, never copied on the event loop; with every bucket unlimited when the piece
-  starts, received, hashed and written by one worker thread, and its bytes charged to the
-  buckets when it is in, so a limit set meanwhile is repaid by the pieces after it); a piece counts only when its sha256
+  starts, spliced into the file and hashed by one worker thread, and its bytes charged to
+  the buckets when it is in, so a limit set meanwhile is repaid by the pieces after it); a piece counts only when its sha256
   equals the supernode's digest, and is then recorded durably (`dfnet.storage`), so a
   daemon killed at any moment resumes with every finished piece and refetches only those
   that were in flight.
@@ -241,7 +241,7 @@ class Download:
                 # nothing to pace: one worker thread receives, hashes and writes the piece
                 # (see `piecefetch`); its bytes are counted when it is in
                 await h.piece_pool.fetch(addr, path, {TOKEN_HEADER: token}, n, None,
-                                          timeout=PIECE_TIMEOUT_S, write=writer.write_now)
+                                          timeout=PIECE_TIMEOUT_S, into=writer)
                 charge(buckets, n)              # a limit set meanwhile: the next piece repays
                 h.count_rx(n)
             else:

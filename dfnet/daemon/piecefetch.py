@@ -13,15 +13,16 @@ Rules kept here:
   sliced by the parser, joined by the stream reader, appended to the writer's batch; that
   memcpy capped a 2-core host). Only what arrives in the same read as the header (at most
   `HEADER_MAX`) is copied once more.
-- Or, with `write` (a blocking consumer) instead of `sink`, the whole body is received in one
-  worker thread (`dfnet.sockthread`): once the header is parsed the event loop stops reading
-  the socket, and the thread receives one reused batch after another (one system call per
-  batch), calling `write` on each while its bytes are still in that core's cache. Per piece
-  the event loop does one handoff instead of a callback per `recv` and a thread round trip per
-  batch (bench_live single, pinned to one core: the daemon's event loop went from 1.0 to 0.2
-  CPU s/GB). The thread is gone when the fetch returns, whatever way it ends (a timeout,
-  cancellation or `Pool.close()` shuts the socket down and waits for it); the socket is
-  non-blocking again before the event loop reads it (keep-alive) or it is closed.
+- Or, with `into` (a `PieceWriter`) instead of `sink`, the whole body is moved by one worker
+  thread (`dfnet.sockthread`): once the header is parsed the event loop stops reading the
+  socket, and the thread splices the body into the task's file a batch at a time, hashing
+  each batch from the page cache (`PieceWriter.take_now`). Per piece the event loop does one
+  handoff instead of a callback per `recv` and a thread round trip per batch (bench_live
+  single, pinned to one core: the daemon's event loop went from 1.0 to 0.2 CPU s/GB), and
+  the kernel copies each byte once instead of twice. The thread is gone when the fetch
+  returns, whatever way it ends (a timeout, cancellation or `Pool.close()` shuts the socket
+  down and waits for it); the socket is non-blocking again before the event loop reads it
+  (keep-alive) or it is closed.
 - Full batches wait for the consumer (`sink`), one at a time, in order; the socket stops
   being read while 2 batches wait and resumes when they are drained, so a piece in flight
   holds at most 3 batches however slow its pacing or its disk. The sink is done with a batch
@@ -299,13 +300,14 @@ class _Conn(asyncio.BufferedProtocol):
                 return None
             await self._wait()
 
-    async def receive(self, write: Callable[[memoryview], None], buffer: memoryview) -> None:
-        """The body, received in a worker thread into `buffer` batch after batch, each passed
-        to `write` in that thread. Returns once the thread has ended, whatever the outcome."""
+    async def receive(self, into) -> None:
+        """The body, moved by a worker thread: bytes that came with the header to
+        `into.write_now(view)`, the rest with `into.take_now(receiver, n)` (see `Pool.fetch`).
+        Returns once the thread has ended, whatever the outcome."""
         self.check()
         self._thread = SocketThread(self.transport, self.pool.stall_timeout)
         try:
-            await self._thread.run(lambda fill: self._receive(fill, write, buffer))
+            await self._thread.run(lambda rx: self._receive(rx, into))
         except Stalled:
             raise FetchError(f"no byte from the parent for {self.pool.stall_timeout:g} s") from None
         except Stopped:
@@ -315,22 +317,14 @@ class _Conn(asyncio.BufferedProtocol):
         self.state = _DONE
         self.transport.resume_reading()         # the loop sees bytes past the length, or a close
 
-    def _receive(self, fill: Callable[[memoryview], int], write: Callable[[memoryview], None],
-                 buf: memoryview) -> None:
-        """In the worker thread: receive `_length` body bytes, `write` them batch by batch."""
-        pending = memoryview(self._rest)
-        self._rest = b""
-        got, length, size = 0, self._length, len(buf)
-        while got < length:
-            want = min(size, length - got)
-            k = min(len(pending), want)
-            buf[:k] = pending[:k]
-            pending = pending[k:]
-            k += fill(buf[k:want])
-            if k < want:
-                raise FetchError(f"parent sent {got + k} of {length} bytes, then closed the connection")
-            write(buf[:want])
-            got += want
+    def _receive(self, rx, into) -> None:
+        """In the worker thread: the `_length` body bytes to `into`."""
+        rest, self._rest = self._rest, b""
+        if rest:
+            into.write_now(memoryview(rest))
+        got = len(rest) + into.take_now(rx, self._length - len(rest))
+        if got < self._length:
+            raise FetchError(f"parent sent {got} of {self._length} bytes, then closed the connection")
         self._got = got
 
     def check(self) -> None:
@@ -427,23 +421,22 @@ class Pool:
 
     async def fetch(self, addr: str, path: str, headers: dict[str, str], length: int,
                     sink: Callable[[memoryview], Awaitable[None]] | None, *, timeout: float,
-                    write: Callable[[memoryview], None] | None = None) -> None:
+                    into=None) -> None:
         """GET `path` from `addr` ("host:port") and pass its `length` body bytes to `sink`.
 
         `sink` gets each batch as it fills, in order, and must be done with it when it
         returns (the buffer is reused); the fetch ends after `sink` has taken the last one.
-        With `write` instead (blocking, safe in a worker thread), the body is received and
-        written in one worker thread, batch by batch, with no pacing between batches."""
+        With `into` instead (a `dfnet.storage.PieceWriter`, or anything with its `write_now`
+        and `take_now`), one worker thread moves the whole body, unpaced: the bytes that came
+        with the header through `write_now`, the rest straight from the socket (`take_now`)."""
         request = _request(addr, path, headers)
         deadline = asyncio.timeout(timeout)
         try:
             async with deadline:
-                conn = await self._answer(addr, request, length, threaded=write is not None)
+                conn = await self._answer(addr, request, length, threaded=into is not None)
                 try:
-                    if write is not None:
-                        buffer = self.buffer()
-                        await conn.receive(write, buffer)
-                        self._recycle(buffer)
+                    if into is not None:
+                        await conn.receive(into)
                     else:
                         while (batch := await conn.next_batch()) is not None:
                             await sink(batch)
