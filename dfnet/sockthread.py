@@ -23,7 +23,8 @@ Rules kept here:
   ends, whatever way it ends.
 - No byte for `timeout` seconds raises `Stalled` in the thread (a receive that got part of a
   batch and then stalled is noticed after one to two times `timeout`).
-- The thread's pipe is closed when it ends, whatever way it ends.
+- The thread's pipe is closed when it ends, whatever way it ends. Bodies have their own pool
+  of threads (`MAX_BODIES`), so one blocked on its socket never delays another's start.
 - `run` returns only once the thread has ended. Cancellation (a caller's timeout included) or
   `stop` shuts the socket down, which ends a blocking receive at once, and waits for the
   thread; the socket is then good only for closing. Nothing outlives the call.
@@ -31,6 +32,7 @@ Rules kept here:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import errno
 import fcntl
 import os
@@ -43,6 +45,12 @@ T = TypeVar("T")
 # `dfnet.storage.PieceWriter.BATCH` says why; callers splice at most a batch at a time)
 PIPE_SIZE = 1 << 20
 COPY_CHUNK = 1 << 20
+# A body's thread blocks on its socket for the whole body, so bodies get their own threads: in
+# the event loop's default executor (2 cores + 4 threads here) a daemon's window of 16 pieces
+# would queue, each queued one holding its parent's upload slot with the socket paused, and
+# the short jobs that share that executor (per-batch writes, digests) would wait behind them.
+MAX_BODIES = 64
+_threads = concurrent.futures.ThreadPoolExecutor(MAX_BODIES, thread_name_prefix="dfly-body")
 
 
 class Stalled(Exception):
@@ -158,7 +166,7 @@ class SocketThread:
     async def run(self, work: Callable[[Receiver], T]) -> T:
         """`work(receiver)` in a worker thread; the receiver's calls raise `Stalled` or
         `Stopped`, which `run` passes on."""
-        job = asyncio.get_running_loop().run_in_executor(None, self._thread, work)
+        job = asyncio.get_running_loop().run_in_executor(_threads, self._thread, work)
         self.running = True
         try:
             return await asyncio.shield(job)

@@ -568,3 +568,24 @@ def test_the_receiving_thread_leaves_no_descriptor_behind(tmp_path):
             assert len(os.listdir("/proc/self/fd")) == before      # pipes and dups closed
             dl.host.piece_pool.close()
     run(main())
+
+
+def test_a_window_of_pieces_is_received_at_once_not_queued(tmp_path):
+    """16 bodies in flight (a daemon's window) each have a thread now: none waits its turn
+    with its parent's upload slot held (the event loop's default executor has 6 here)."""
+    async def answer(n, r, w):
+        w.write(head(len(BODY)) + BODY[:1000])
+        await w.drain()
+        await asyncio.sleep(1.0)
+        w.write(BODY[1000:])
+        await w.drain()
+
+    async def main():
+        async with Scripted(answer) as s:
+            pool = Pool()
+            jobs = [asyncio.create_task(fetch(pool, s.addr, mode="thread")) for _ in range(16)]
+            await asyncio.sleep(0.6)
+            assert receiving_threads() == 16
+            assert all(body == BODY for body in await asyncio.gather(*jobs))
+            pool.close()
+    run(main())
