@@ -19,7 +19,10 @@ Rules kept here:
   the same batches from aiohttp's stream. Either way at most `WAITING_MAX` full batches wait
   for the consumer before the socket stops being read, no byte arrives for `READ_TIMEOUT_S`
   (the consumer's own time not counted) fails the read, and a taken-over connection is
-  closed with the response, never reused.
+  closed with the response, never reused. A caller that gives `into` has a taken-over body
+  moved by one worker thread (`dfnet.sockthread`: spliced into its file, no event-loop
+  callback per `recv`, no thread round trip per batch), with the same timeout; the thread
+  has ended when `read_body` returns, however it ends.
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from .logs import redact_url
+from .sockthread import SocketThread, Stalled, Stopped
 
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 30.0
@@ -94,13 +98,19 @@ class SourceResponse:
         else:
             self.response.release()
 
-    async def read_body(self, sink: Callable[[memoryview], Awaitable[None]], *, boundary: int, batch: int) -> None:
+    async def read_body(self, sink: Callable[[memoryview], Awaitable[None]], *, boundary: int, batch: int,
+                        into=None) -> None:
         """Pass the body to `sink` in order, in batches of at most `batch` bytes that never
         cross a multiple of `boundary` (counted in the file's offsets, from `start`).
 
         `sink` must be done with a batch when it returns: its buffer is reused. Returns when
         the origin has sent the whole body or closed the connection (the caller compares
-        what it got with what it needs); a stalled or broken read is a `SourceError`."""
+        what it got with what it needs); a stalled or broken read is a `SourceError`.
+        With `into` (anything with `write_now(view)` and `take_now(receiver, n) -> taken`,
+        like the seed's cutter), a body that can be taken over is moved by one worker thread
+        instead (`dfnet.sockthread`): the bytes already received through `write_now`, the
+        rest straight from the socket through `take_now`, where batches and boundaries are
+        `into`'s business. A body that cannot be taken over still goes to `sink`."""
         body = _Body(self.start, boundary, batch)
         resp = self.response
         length = resp.content_length
@@ -124,6 +134,19 @@ class SourceResponse:
         # through aiohttp's protocol also stops its read timer (ours replaces it).
         self.taken = True
         conn.protocol.pause_reading()
+        if into is not None:
+            def work(rx) -> None:               # in the worker thread
+                if already:
+                    into.write_now(memoryview(already))
+                into.take_now(rx, length - len(already))
+
+            try:
+                await SocketThread(conn.transport, READ_TIMEOUT_S).run(work)
+            except Stalled:
+                raise SourceError(f"no byte from the origin for {READ_TIMEOUT_S:g} s") from None
+            except Stopped:
+                raise SourceError("the read was stopped") from None
+            return
         body.expect(length)
         body.take(already)
         body.adopt(conn.transport)

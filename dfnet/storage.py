@@ -20,6 +20,7 @@ import asyncio
 import errno
 import hashlib
 import json
+import mmap
 import os
 import re
 import shutil
@@ -130,6 +131,10 @@ class TaskFiles:
             self._fd = -1
             self._record.close()
 
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
     def remove(self) -> None:
         self.close()
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -184,6 +189,27 @@ class TaskFiles:
 
     def read(self, offset: int, n: int) -> bytes:
         return os.pread(self._fd, n, offset)
+
+    @property
+    def fd(self) -> int:
+        """The data file's descriptor, for writers that move bytes into it themselves."""
+        return self._fd
+
+    def hash_range(self, h, offset: int, n: int) -> None:
+        """Feed `n` bytes of the file from `offset` to hash `h`, read in place from the page
+        cache through a short-lived mapping (no copy into a buffer; nothing stays mapped, so
+        the process's resident memory does not grow with the file)."""
+        if n <= 0:
+            return
+        start = offset - offset % mmap.ALLOCATIONGRANULARITY
+        with mmap.mmap(self._fd, offset + n - start, offset=start, access=mmap.ACCESS_READ) as m:
+            whole = memoryview(m)
+            part = whole[offset - start:]
+            try:
+                h.update(part)
+            finally:
+                part.release()
+                whole.release()
 
     def sha256(self, piece: int) -> str:
         start, n = self.piece_range(piece)
@@ -259,6 +285,34 @@ class PieceWriter:
         if data:
             await asyncio.to_thread(self._write, [data], self.offset + self.written)
             self.written += len(data)
+
+    def write_now(self, data: bytearray | memoryview) -> None:
+        """Write and hash `data` in the calling thread (a worker thread that received it).
+        Never while a `feed`/`feed_owned`/`take_now` of the same writer is running."""
+        if data:
+            self._write([data], self.offset + self.written)
+            self.written += len(data)
+
+    def take_now(self, rx, n: int) -> int:
+        """Move `n` bytes from `rx` (a `dfnet.sockthread.Receiver`, in its worker thread)
+        into the file at the writer's position, batch by batch, each hashed from the page
+        cache right after it lands (still in this core's cache). Returns the bytes taken:
+        fewer than `n` only when the peer closed the connection."""
+        taken = 0
+        while taken < n:
+            want = min(self.BATCH, n - taken)
+            k = rx.splice(self.files.fd, self.offset + self.written, want)
+            if k:
+                self.files.hash_range(self._hash, self.offset + self.written, k)
+                self.written += k
+                taken += k
+            if k < want:
+                break
+        return taken
+
+    def hexdigest(self) -> str:
+        """The sha256 hex of everything written with `write_now` (in its thread)."""
+        return self._hash.hexdigest()
 
     async def digest(self) -> str:
         """Flush what is left; the sha256 hex of everything fed."""

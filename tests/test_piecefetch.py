@@ -8,8 +8,12 @@ servers that answer the way the test says: too many bytes, too few, nothing, a h
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import sys
+import tempfile
 import time
+import traceback
 
 import pytest
 from aiohttp import web
@@ -20,6 +24,7 @@ from dfnet.daemon import piecefetch
 from dfnet.daemon.download import Download, PieceFailed, Request
 from dfnet.daemon.piecefetch import FetchError, Pool
 from dfnet.daemon.service import Daemon
+from dfnet.sockthread import SocketThread
 from dfnet.storage import TaskFiles
 from dfnet.throttle import bucket
 from dfnet.upload import Servable, piece_handler
@@ -124,14 +129,69 @@ def head(length: int | None, status: str = "200 OK", extra: str = "") -> bytes:
 BODY = random.Random(3).randbytes(300_000)
 
 
-async def fetch(pool: Pool, addr: str, length: int = len(BODY), timeout: float = 10.0) -> bytes:
+async def fetch(pool: Pool, addr: str, length: int = len(BODY), timeout: float = 10.0, mode: str = "loop") -> bytes:
+    """The body through an async sink on the event loop ("loop") or a worker thread ("thread")."""
     got = bytearray()
 
     async def sink(batch: bytearray) -> None:
         got.extend(batch)
 
+    if mode == "thread":
+        into = Into()
+        try:
+            await pool.fetch(addr, "/v1/tasks/x/pieces/0", {"X-Dfly-Token": "t"}, length, None, timeout=timeout,
+                             into=into)
+            return into.bytes()
+        finally:
+            into.close()
     await pool.fetch(addr, "/v1/tasks/x/pieces/0", {"X-Dfly-Token": "t"}, length, sink, timeout=timeout)
     return bytes(got)
+
+
+class Into:
+    """A thread-side consumer like `PieceWriter`: spliced bytes go into a temporary file."""
+
+    def __init__(self, fail_after: int | None = None):
+        self.f = tempfile.TemporaryFile()
+        self.pos = 0
+        self.calls = 0
+        self.fail_after = fail_after
+
+    def write_now(self, view) -> None:
+        os.pwrite(self.f.fileno(), view, self.pos)
+        self.pos += len(view)
+
+    def take_now(self, rx, n: int) -> int:
+        taken = 0
+        while taken < n:
+            want = min(64 * 1024, n - taken)
+            k = rx.splice(self.f.fileno(), self.pos, want)
+            self.pos += k
+            taken += k
+            self.calls += 1
+            if self.calls == self.fail_after:
+                raise OSError(28, "No space left on device")
+            if k < want:
+                break
+        return taken
+
+    def bytes(self) -> bytes:
+        return os.pread(self.f.fileno(), self.pos, 0)
+
+    def close(self) -> None:
+        self.f.close()
+
+
+both = pytest.mark.parametrize("mode", ["loop", "thread"])
+
+
+def receiving_threads() -> int:
+    """Threads inside a worker-thread receive right now."""
+    return sum(1 for f in sys._current_frames().values()
+               for fr in traceback.walk_stack(f) if fr[0].f_code is Pool_receive_code)
+
+
+Pool_receive_code = SocketThread._thread.__code__      # a worker thread reading a body
 
 
 # ---- good answers from the real upload server ------------------------------------------------
@@ -215,7 +275,8 @@ def test_unreachable_parent_is_a_piece_failure(tmp_path):
 
 
 # ---- bad parents -----------------------------------------------------------------------------
-def test_more_bytes_than_the_content_length_is_corrupt(tmp_path):
+@both
+def test_more_bytes_than_the_content_length_is_corrupt(tmp_path, mode):
     async def answer(n, r, w):
         w.write(head(len(BODY)) + BODY + b"extra bytes")
         await w.drain()
@@ -224,7 +285,7 @@ def test_more_bytes_than_the_content_length_is_corrupt(tmp_path):
     async def main():
         async with Scripted(answer) as s:
             with pytest.raises(FetchError, match="past the Content-Length") as e:
-                await fetch(Pool(), s.addr)
+                await fetch(Pool(), s.addr, mode=mode)
             assert e.value.corrupt
     run(main())
 
@@ -244,7 +305,8 @@ def test_more_bytes_than_the_piece_holds_is_corrupt_through_fetch_piece(tmp_path
     run(main())
 
 
-def test_fewer_bytes_then_close_is_an_ordinary_failure(tmp_path):
+@both
+def test_fewer_bytes_then_close_is_an_ordinary_failure(tmp_path, mode):
     async def answer(n, r, w):
         w.write(head(len(BODY)) + BODY[:100_000])
         await w.drain()
@@ -253,7 +315,7 @@ def test_fewer_bytes_then_close_is_an_ordinary_failure(tmp_path):
     async def main():
         async with Scripted(answer) as s:
             with pytest.raises(FetchError, match=f"sent 100000 of {len(BODY)} bytes") as e:
-                await fetch(Pool(), s.addr)
+                await fetch(Pool(), s.addr, mode=mode)
             assert not e.value.corrupt
     run(main())
 
@@ -312,7 +374,8 @@ def test_a_stalled_parent_times_out_through_fetch_piece(tmp_path):
     run(main())
 
 
-def test_a_parent_that_drips_hits_the_total_timeout(tmp_path):
+@both
+def test_a_parent_that_drips_hits_the_total_timeout(tmp_path, mode):
     async def answer(n, r, w):
         w.write(head(len(BODY)))
         for _ in range(100):
@@ -323,11 +386,13 @@ def test_a_parent_that_drips_hits_the_total_timeout(tmp_path):
     async def main():
         async with Scripted(answer) as s:
             with pytest.raises(FetchError, match="within 0.5 s"):
-                await fetch(Pool(stall_timeout=0.3), s.addr, timeout=0.5)
+                await fetch(Pool(stall_timeout=0.3), s.addr, timeout=0.5, mode=mode)
+            assert receiving_threads() == 0
     run(main())
 
 
-def test_cancel_closes_the_connection(tmp_path):
+@both
+def test_cancel_closes_the_connection(tmp_path, mode):
     async def answer(n, r, w):
         w.write(head(len(BODY)) + BODY[:1000])
         await w.drain()
@@ -336,18 +401,23 @@ def test_cancel_closes_the_connection(tmp_path):
     async def main():
         async with Scripted(answer) as s:
             pool = Pool()
-            job = asyncio.create_task(fetch(pool, s.addr))
+            job = asyncio.create_task(fetch(pool, s.addr, mode=mode))
             await asyncio.sleep(0.3)
+            assert receiving_threads() == (mode == "thread")
+            t0 = time.monotonic()
             job.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await job
+            assert time.monotonic() - t0 < 1                # not the stall timeout's 15 s
+            assert receiving_threads() == 0                 # the thread ended with the fetch
             await asyncio.wait_for(s.closed.wait(), 5)   # the server saw the socket close
             await asyncio.sleep(0)
             assert not pool._open
     run(main())
 
 
-def test_a_reused_connection_closed_by_the_parent_is_retried_once_on_a_fresh_one(tmp_path):
+@both
+def test_a_reused_connection_closed_by_the_parent_is_retried_once_on_a_fresh_one(tmp_path, mode):
     async def answer(n, r, w):
         if n == 1:                          # the second request on a connection: hang up
             return False
@@ -357,9 +427,11 @@ def test_a_reused_connection_closed_by_the_parent_is_retried_once_on_a_fresh_one
     async def main():
         async with Scripted(answer) as s:
             pool = Pool()
-            assert await fetch(pool, s.addr) == BODY
+            assert await fetch(pool, s.addr, mode=mode) == BODY
             assert pool.idle_count(s.addr) == 1
-            assert await fetch(pool, s.addr) == BODY
+            idle = pool._idle[s.addr][0]
+            assert not os.get_blocking(idle.transport.get_extra_info("socket").fileno())
+            assert await fetch(pool, s.addr, mode=mode) == BODY
             assert (pool.connects, pool.reuses, s.connections) == (2, 1, 2)
             pool.close()
     run(main())
@@ -413,4 +485,107 @@ def test_header_line_breaks_are_refused_before_sending(tmp_path):
     async def main():
         with pytest.raises(FetchError, match="line break"):
             await Pool().fetch("127.0.0.1:1", "/p", {"X-Dfly-Token": "a\r\nEvil: 1"}, 1, None, timeout=1)
+    run(main())
+
+
+def test_a_thread_stalled_mid_body_times_out_and_ends(tmp_path):
+    async def answer(n, r, w):
+        w.write(head(len(BODY)) + BODY[:1000])
+        await w.drain()
+        await asyncio.sleep(0.2)
+        w.write(BODY[1000:200_000])                 # the thread is in its recv by now
+        await w.drain()
+        await r.read()
+
+    async def main():
+        async with Scripted(answer) as s:
+            t0 = time.monotonic()
+            with pytest.raises(FetchError, match="no byte from the parent for 0.4 s"):
+                await fetch(Pool(stall_timeout=0.4), s.addr, mode="thread")
+            assert 0.5 < time.monotonic() - t0 < 3 and receiving_threads() == 0
+            await asyncio.wait_for(s.closed.wait(), 5)
+    run(main())
+
+
+def test_thread_write_errors_pass_through_and_close_the_connection(tmp_path):
+    async def answer(n, r, w):
+        w.write(head(len(BODY)) + BODY)
+        await w.drain()
+        await r.read()
+
+    async def main():
+        async with Scripted(answer) as s:
+            pool = Pool()
+            into = Into(fail_after=2)
+            with pytest.raises(OSError, match="No space"):
+                await pool.fetch(s.addr, "/p", {}, len(BODY), None, timeout=5, into=into)
+            assert into.calls == 2 and receiving_threads() == 0
+            into.close()
+            await asyncio.wait_for(s.closed.wait(), 5)
+            assert pool.idle_count(s.addr) == 0
+    run(main())
+
+
+def test_pool_close_ends_a_receiving_thread(tmp_path):
+    async def answer(n, r, w):
+        w.write(head(len(BODY)) + BODY[:1000])
+        await w.drain()
+        await r.read()
+
+    async def main():
+        async with Scripted(answer) as s:
+            pool = Pool()
+            job = asyncio.create_task(fetch(pool, s.addr, mode="thread"))
+            await asyncio.sleep(0.3)
+            pool.close()                                # daemon shutdown
+            with pytest.raises(FetchError):
+                await asyncio.wait_for(job, 2)          # not the stall timeout's 15 s
+            assert receiving_threads() == 0
+    run(main())
+
+
+def test_pieces_arrive_whole_where_the_kernel_cannot_splice(tmp_path, monkeypatch):
+    monkeypatch.delattr(os, "splice")           # the worker thread receives and pwrites instead
+
+    async def main():
+        async with Parent(tmp_path) as parent:
+            dl = child(tmp_path)
+            for p in range(dl.files.n_pieces):
+                await dl._fetch_piece(p, parent.addr, TID, TOKEN, parent.sha(p))
+            assert dl.files.complete and dl.files.read(0, LENGTH) == parent.data
+            dl.host.piece_pool.close()
+    run(main())
+
+
+def test_the_receiving_thread_leaves_no_descriptor_behind(tmp_path):
+    async def main():
+        async with Parent(tmp_path) as parent:
+            dl = child(tmp_path)
+            await dl._fetch_piece(0, parent.addr, TID, TOKEN, parent.sha(0))    # warm up
+            before = len(os.listdir("/proc/self/fd"))
+            for p in range(1, dl.files.n_pieces):
+                await dl._fetch_piece(p, parent.addr, TID, TOKEN, parent.sha(p))
+            assert len(os.listdir("/proc/self/fd")) == before      # pipes and dups closed
+            dl.host.piece_pool.close()
+    run(main())
+
+
+def test_a_window_of_pieces_is_received_at_once_not_queued(tmp_path):
+    """16 bodies in flight (a daemon's window) each have a thread now: none waits its turn
+    with its parent's upload slot held (the event loop's default executor has 6 here)."""
+    async def answer(n, r, w):
+        w.write(head(len(BODY)) + BODY[:1000])
+        await w.drain()
+        await asyncio.sleep(1.0)
+        w.write(BODY[1000:])
+        await w.drain()
+
+    async def main():
+        async with Scripted(answer) as s:
+            pool = Pool()
+            jobs = [asyncio.create_task(fetch(pool, s.addr, mode="thread")) for _ in range(16)]
+            await asyncio.sleep(0.6)
+            assert receiving_threads() == 16
+            assert all(body == BODY for body in await asyncio.gather(*jobs))
+            pool.close()
     run(main())

@@ -3,13 +3,28 @@ cross a piece boundary, against a real aiohttp origin on loopback (no processes)
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import tempfile
+import sys
+import time
+import traceback
+
+import pytest
 
 import aiohttp
 from aiohttp import web
 
 from dfnet import serve
+from dfnet.sockthread import SocketThread
 from dfnet.source import SourceError, open_source
+
+both = pytest.mark.parametrize("mode", ["loop", "thread"])
+
+
+def receiving_threads() -> int:
+    return sum(1 for f in sys._current_frames().values()
+               for fr in traceback.walk_stack(f) if fr[0].f_code is SocketThread._thread.__code__)
 
 BODY = random.Random(3).randbytes(3 * 1024 * 1024 + 777)
 
@@ -43,7 +58,8 @@ async def origin(cut_after: int | None = None):
     return await serve.start(app, "127.0.0.1", 0)
 
 
-async def read(addr: str, start: int, boundary: int, batch: int, slow: float = 0.0):
+async def read(addr: str, start: int, boundary: int, batch: int, slow: float = 0.0, mode: str = "loop"):
+    """The body through an async sink ("loop") or a blocking write in a worker thread ("thread")."""
     got = bytearray()
     sizes: list[tuple[int, int]] = []
     async with aiohttp.ClientSession() as s:
@@ -58,21 +74,48 @@ async def read(addr: str, start: int, boundary: int, batch: int, slow: float = 0
             if slow:
                 await asyncio.sleep(slow)     # a slow disk: the socket must pause, not fill memory
 
+        class Into:                             # in the worker thread, like the seed's cutter
+            def write_now(self, view: memoryview) -> None:
+                nonlocal pos
+                sizes.append((pos, len(view)))
+                got.extend(view)
+                pos += len(view)
+
+            def take_now(self, rx, n: int) -> int:
+                nonlocal pos
+                with tempfile.TemporaryFile() as f:
+                    taken = 0
+                    while taken < n:
+                        want = min(batch, (pos // boundary + 1) * boundary - pos, n - taken)
+                        k = rx.splice(f.fileno(), 0, want)
+                        sizes.append((pos, k))
+                        got.extend(os.pread(f.fileno(), k, 0))
+                        pos += k
+                        taken += k
+                        if slow:
+                            time.sleep(slow)
+                        if k < want:
+                            break
+                    return taken
+
         try:
-            await resp.read_body(sink, boundary=boundary, batch=batch)
+            await resp.read_body(sink, boundary=boundary, batch=batch, into=Into() if mode == "thread" else None)
         finally:
             resp.close()
     return resp, bytes(got), sizes
 
 
-def test_body_arrives_whole_in_batches_that_respect_boundaries():
+@both
+def test_body_arrives_whole_in_batches_that_respect_boundaries(mode):
     async def main():
         runner, addr = await origin()
         try:
             for start in (0, 1_000_001):
-                resp, got, sizes = await read(addr, start, boundary=1 << 20, batch=300_000, slow=0.002)
+                resp, got, sizes = await read(addr, start, boundary=1 << 20, batch=300_000, slow=0.002, mode=mode)
                 assert got == BODY[start:]
                 assert resp.taken
+                if mode == "thread":
+                    continue                    # with `into`, batches are the consumer's business
                 for pos, n in sizes:
                     assert 0 < n <= 300_000
                     assert pos // (1 << 20) == (pos + n - 1) // (1 << 20)
@@ -81,18 +124,20 @@ def test_body_arrives_whole_in_batches_that_respect_boundaries():
     run(main())
 
 
-def test_a_cut_connection_ends_the_read_with_what_arrived():
+@both
+def test_a_cut_connection_ends_the_read_with_what_arrived(mode):
     async def main():
         runner, addr = await origin(cut_after=1_500_000)
         try:
-            _, got, _ = await read(addr, 0, boundary=1 << 20, batch=1 << 18)
+            _, got, _ = await read(addr, 0, boundary=1 << 20, batch=1 << 18, mode=mode)
             assert got == BODY[:len(got)] and len(got) <= 1_500_000
         finally:
             await runner.cleanup()
     run(main())
 
 
-def test_a_silent_origin_times_out(monkeypatch):
+@both
+def test_a_silent_origin_times_out(monkeypatch, mode):
     import dfnet.source as source
     monkeypatch.setattr(source, "READ_TIMEOUT_S", 0.3)
 
@@ -109,11 +154,72 @@ def test_a_silent_origin_times_out(monkeypatch):
         runner, addr = await serve.start(app, "127.0.0.1", 0)
         try:
             try:
-                await read(addr, 0, boundary=1 << 20, batch=1 << 16)
+                await read(addr, 0, boundary=1 << 20, batch=1 << 16, mode=mode)
             except SourceError as e:
                 assert "no byte from the origin" in str(e)
             else:
                 raise AssertionError("a stalled origin must fail the read")
+        finally:
+            await runner.cleanup()
+    run(main())
+
+
+def test_a_cancelled_thread_read_ends_its_thread_and_connection():
+    async def main():
+        closed = asyncio.Event()
+
+        async def handle(request):
+            resp = web.StreamResponse()
+            resp.content_length = len(BODY)
+            await resp.prepare(request)
+            await resp.write(BODY[:200_000])
+            try:
+                for i in range(300):            # a byte now and then: the read is not stalled
+                    await asyncio.sleep(0.1)
+                    await resp.write(BODY[200_000 + i:200_001 + i])
+            except ConnectionError:
+                closed.set()                    # the client went away
+            return resp
+        app = web.Application()
+        app.router.add_get("/f", handle)
+        runner, addr = await serve.start(app, "127.0.0.1", 0)
+        try:
+            job = asyncio.create_task(read(addr, 0, boundary=1 << 20, batch=1 << 16, mode="thread"))
+            await asyncio.sleep(0.3)
+            assert receiving_threads() == 1
+            t0 = time.monotonic()
+            job.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await job
+            assert time.monotonic() - t0 < 1 and receiving_threads() == 0
+            await asyncio.wait_for(closed.wait(), 5)
+        finally:
+            await runner.cleanup()
+    run(main())
+
+
+def test_the_seed_cuts_whole_pieces_from_a_body_taken_over_mid_stream(tmp_path):
+    """Through `dfnet.supernode.seed.fetch`: the body's first bytes come with the header (copied
+    in), the rest is spliced by the worker thread; every piece's bytes and digest are right."""
+    import hashlib
+
+    from dfnet.storage import TaskFiles
+    from dfnet.supernode import seed
+
+    async def main():
+        runner, addr = await origin()
+        try:
+            piece = 1 << 20
+            files = TaskFiles.create(tmp_path, "a" * 64, {"length": len(BODY), "piece_size": piece})
+            offered: dict[int, str] = {}
+            counted = []
+            async with aiohttp.ClientSession() as s:
+                await seed.fetch(files, s, f"http://{addr}/f", {}, None, None, offered.__setitem__, counted.append)
+            assert files.complete and files.read(0, len(BODY)) == BODY
+            want = [hashlib.sha256(BODY[p * piece:(p + 1) * piece]).hexdigest() for p in range(files.n_pieces)]
+            assert files.digests == want and [offered[p] for p in range(files.n_pieces)] == want
+            assert sum(counted) == len(BODY)
+            files.close()
         finally:
             await runner.cleanup()
     run(main())

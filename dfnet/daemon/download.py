@@ -6,7 +6,9 @@ and reports the results; back-to-source; failover between supernodes; the end ch
 Rules kept here:
 - Assigned pieces are fetched concurrently, each streamed to its offset while hashed (over
   `piecefetch`'s keep-alive connections, received in place into the batches the hashing
-  thread writes, never copied on the event loop); a piece counts only when its sha256
+  thread writes, never copied on the event loop; with every bucket unlimited when the piece
+  starts, spliced into the file and hashed by one worker thread, and its bytes charged to
+  the buckets when it is in, so a limit set meanwhile is repaid by the pieces after it); a piece counts only when its sha256
   equals the supernode's digest, and is then recorded durably (`dfnet.storage`), so a
   daemon killed at any moment resumes with every finished piece and refetches only those
   that were in flight.
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import secrets
 import shutil
@@ -232,9 +235,17 @@ class Download:
             await writer.feed_owned(batch)
             h.count_rx(len(batch))
 
+        path = f"/v1/tasks/{tid}/pieces/{piece}"
         try:
-            await h.piece_pool.fetch(addr, f"/v1/tasks/{tid}/pieces/{piece}", {TOKEN_HEADER: token}, n, sink,
-                                      timeout=PIECE_TIMEOUT_S)
+            if all(math.isinf(b.rate) for b in buckets):
+                # nothing to pace: one worker thread receives, hashes and writes the piece
+                # (see `piecefetch`); its bytes are counted when it is in
+                await h.piece_pool.fetch(addr, path, {TOKEN_HEADER: token}, n, None,
+                                          timeout=PIECE_TIMEOUT_S, into=writer)
+                charge(buckets, n)              # a limit set meanwhile: the next piece repays
+                h.count_rx(n)
+            else:
+                await h.piece_pool.fetch(addr, path, {TOKEN_HEADER: token}, n, sink, timeout=PIECE_TIMEOUT_S)
             digest = await writer.digest()
         except FetchError as e:
             raise PieceFailed(str(e), corrupt=e.corrupt) from None

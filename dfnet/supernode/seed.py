@@ -3,9 +3,12 @@
 Rules kept here:
 - Bytes stream from the origin straight to the task's data file: received in place into
   batches that end at piece boundaries (`SourceResponse.read_body`), each written and hashed
-  as it is off the event loop (`PieceWriter.feed_owned`), never copied on it. Each piece is
-  sha256'd as it passes and offered to the swarm the moment its last byte is written
-  (`on_piece`), so children start while the origin download is still running.
+  as it is off the event loop, never copied on it: spliced into the file and hashed by one
+  worker thread when the body can be taken over (`_Cutter.take_now`), else by a worker
+  thread per batch (`PieceWriter.feed_owned`). Each piece is sha256'd as it passes and offered to the swarm
+  the moment its last byte is written (`on_piece`), so children start while the origin
+  download is still running. Commits, `on_piece` and `on_bytes` run on the event loop
+  (a receiving thread schedules them there, in order, before it ends).
 - An interrupted download resumes at the first byte not yet received (the piece being cut
   keeps its partial hash across the break), with `Range` and an `If-Range` validator: if
   the file changed meanwhile, the task fails instead of mixing two versions. An origin
@@ -35,7 +38,7 @@ async def fetch(files: TaskFiles, session: aiohttp.ClientSession, url: str, head
     """Fill `files` from the origin; raises SourceError when it gives up."""
     failures = 0
     resp = first
-    cut = _Cutter(files, on_piece)
+    cut = _Cutter(files, on_piece, on_bytes)
     while not files.complete:
         start = cut.offset
         try:
@@ -75,8 +78,10 @@ class _Cutter:
     It outlives one origin response so a resumed download goes on mid-piece.
     """
 
-    def __init__(self, files: TaskFiles, on_piece: Callable[[int, str], None]):
-        self.files, self.on_piece = files, on_piece
+    def __init__(self, files: TaskFiles, on_piece: Callable[[int, str], None],
+                 on_bytes: Callable[[int], None] = lambda n: None):
+        self.files, self.on_piece, self.on_bytes = files, on_piece, on_bytes
+        self.loop = asyncio.get_running_loop()
         self._start_piece(files.have.index(0))
 
     def _start_piece(self, piece: int) -> None:
@@ -102,6 +107,53 @@ class _Cutter:
                     return
                 self._start_piece(self.piece + 1)    # the stream is sequential
 
+    # ---- in the worker thread that receives the body (`SourceResponse.read_body(into=...)`) --
+    def write_now(self, view: memoryview) -> None:
+        """Bytes already in memory (they came with the header): written and hashed."""
+        self.loop.call_soon_threadsafe(self.on_bytes, len(view))
+        while view:
+            k = min(self._room(), len(view))
+            self.writer.write_now(view[:k])
+            self.offset += k
+            view = view[k:]
+            self._piece_end()
+
+    def take_now(self, rx, n: int) -> int:
+        """`n` bytes straight from the socket into the file, piece by piece; the bytes taken
+        (fewer only when the origin closed the connection)."""
+        taken = 0
+        while taken < n:
+            want = min(self._room(), n - taken)
+            k = self.writer.take_now(rx, want)
+            self.offset += k
+            taken += k
+            self.loop.call_soon_threadsafe(self.on_bytes, k)
+            self._piece_end()
+            if k < want:
+                break
+        return taken
+
+    def _room(self) -> int:
+        room = self.end_of_piece - self.offset
+        if room <= 0:
+            raise SourceError("origin sent more bytes than its length", "protocol")
+        return room
+
+    def _piece_end(self) -> None:
+        """At the end of a piece: commit and offer it on the event loop (scheduled now, so
+        before the thread's own end), and start the next."""
+        if self.offset < self.end_of_piece:
+            return
+        self.loop.call_soon_threadsafe(self._piece_done, self.piece, self.writer.hexdigest())
+        if self.piece < self.files.n_pieces - 1:
+            self._start_piece(self.piece + 1)
+
+    def _piece_done(self, piece: int, digest: str) -> None:
+        if self.files.closed:                   # the task went away meanwhile
+            return
+        self.files.commit(piece, digest)
+        self.on_piece(piece, digest)
+
 
 async def _stream(resp: SourceResponse, cut: _Cutter, on_bytes: Callable[[int], None]) -> None:
     """Copy the response body into the task from `cut.offset`, committing whole pieces."""
@@ -117,7 +169,9 @@ async def _stream(resp: SourceResponse, cut: _Cutter, on_bytes: Callable[[int], 
         if skip < len(batch):
             await cut.feed(batch[max(0, skip):])
 
-    # batches end at piece boundaries, so each is written and hashed as it is
-    await resp.read_body(sink, boundary=cut.files.piece_size, batch=PieceWriter.BATCH)
+    # batches end at piece boundaries, so each is written and hashed as it is; a body that
+    # starts where the cutter is goes into the file from a worker thread (`_Cutter.take_now`)
+    await resp.read_body(sink, boundary=cut.files.piece_size, batch=PieceWriter.BATCH,
+                         into=cut if offset == cut.offset else None)
     if cut.offset < cut.files.length:
         raise SourceError(f"origin closed the connection at byte {cut.offset} of {cut.files.length}")
