@@ -22,7 +22,8 @@ Rules kept here:
   closed with the response, never reused. A caller that gives `into` has a taken-over body
   moved by one worker thread (`dfnet.sockthread`: spliced into its file, no event-loop
   callback per `recv`, no thread round trip per batch), with the same timeout; the thread
-  has ended when `read_body` returns, however it ends.
+  has ended when `read_body` returns, however it ends. A TLS body never is: the raw socket
+  holds ciphertext, so it is received in place through the transport.
 """
 from __future__ import annotations
 
@@ -134,7 +135,9 @@ class SourceResponse:
         # through aiohttp's protocol also stops its read timer (ours replaces it).
         self.taken = True
         conn.protocol.pause_reading()
-        if into is not None:
+        # a TLS connection's socket carries ciphertext: only the transport can decrypt it, so
+        # its body is received in place through the transport, never from the raw socket
+        if into is not None and conn.transport.get_extra_info("sslcontext") is None:
             def work(rx) -> None:               # in the worker thread
                 if already:
                     into.write_now(memoryview(already))

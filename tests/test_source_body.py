@@ -223,3 +223,52 @@ def test_the_seed_cuts_whole_pieces_from_a_body_taken_over_mid_stream(tmp_path):
         finally:
             await runner.cleanup()
     run(main())
+
+
+@both
+def test_a_tls_body_is_decrypted_not_taken_from_the_raw_socket(tmp_path, mode):
+    """An https origin's socket carries ciphertext: its body must come through the TLS layer
+    (aiohttp's stream), never be received or spliced from the raw socket."""
+    import ssl
+    import subprocess
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(cafile=str(cert))
+
+    async def main():
+        async def handle(request: web.Request) -> web.Response:
+            return web.Response(body=BODY)
+        app = web.Application()
+        app.router.add_get("/f", handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ctx)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        got = bytearray()
+
+        async def sink(view: memoryview) -> None:
+            got.extend(view)
+
+        class Into:
+            def write_now(self, view: memoryview) -> None:
+                got.extend(view)
+
+            def take_now(self, rx, n: int) -> int:
+                raise AssertionError("a TLS body was taken from the raw socket")
+        try:
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_ctx)) as s:
+                resp = await open_source(s, f"https://127.0.0.1:{port}/f", {}, start=0)
+                try:
+                    await resp.read_body(sink, boundary=1 << 20, batch=1 << 18,
+                                         into=Into() if mode == "thread" else None)
+                finally:
+                    resp.close()
+            assert bytes(got) == BODY
+        finally:
+            await runner.cleanup()
+    run(main())
