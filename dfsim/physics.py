@@ -25,6 +25,24 @@ included): a link carries no more than its own capacity, nor more than its side 
 Both hold in the fluid limit whatever the scheduling (they are cut bounds), so
 `lower_bound_s` is the largest of the global terms and these, for every such IDC. A scenario
 with one IDC, or with unlimited paths between IDCs, is bounded as before.
+
+The piece bound (`piece_bound_s`). Kumar and Ross let a host upload a byte the moment it has
+it; ours, like Dragonfly, only upload a piece once it is whole and verified, so a flash crowd
+starts with idle uplinks. Let B(t) be the bytes the hosts have received by t and H(t) the
+hosts holding a whole piece. Each such host received at least p bytes, so H <= B/p; only they
+and the seeds (supernodes and origin, S in all) can send, each host at most u_max, all hosts at
+most U = sum u_i. So B' <= S + min(U, u_max * B / p), and by comparison with the equation
+itself, with a = u_max / p:
+
+- while a*B < U:  B(t) <= (S/a) * (e^(a t) - 1), which reaches U/a at t1 = ln(1 + U/S) / a;
+- after that:     B(t) <= U/a + (S + U) * (t - t1).
+
+The last host finishes no earlier than B reaches N*F. For homogeneous hosts U/a = N*p: the
+start-up costs about ln(1 + U/S) piece times at a host's upload. It is a true bound whatever
+the scheduling (fluid: a piece may come from many parents at once), and it tends to Kumar and
+Ross's N*F/(S + U) as p -> 0. Seed Fig. 8 with a 2 Gbps origin, 1,000 hosts at 100 Mbit/s up,
+4 MiB pieces: 3.58 s against 3.28 s for 50 MB (the 57x the seed reports is then out of reach:
+55.9x at most), 13.41 s against 13.12 s for 200 MB.
 """
 from __future__ import annotations
 
@@ -64,6 +82,27 @@ def p2p_lower_bound_s(file_bytes: float, origin_bps: float, seeds_upload_bps: fl
                 file_bytes / float(np.min(downloads)),
                 n * file_bytes / total_upload - arrival_spread_s)
     return max(bound, inter_idc_bound_s(file_bytes, idcs or {}, links or {}) - arrival_spread_s)
+
+
+def piece_bound_s(file_bytes: float, piece_bytes: float, seeds_bps: float, n_finishing: int,
+                  uploads: np.ndarray, arrival_spread_s: float = 0.0) -> float:
+    """The volume term with whole-piece forwarding (above): when the hosts' received bytes
+    can first reach N*F. `seeds_bps`: the origin's and supernodes' upload; `uploads`: every
+    host that can upload."""
+    need = n_finishing * file_bytes
+    if need <= 0 or seeds_bps <= 0:
+        return 0.0
+    total = float(np.sum(uploads))
+    u_max = float(np.max(uploads)) if len(uploads) else 0.0
+    if total <= 0 or u_max <= 0:
+        return max(0.0, need / seeds_bps - arrival_spread_s)
+    a = u_max / piece_bytes
+    ramp = total / a                       # bytes received when every host could be sending
+    if need <= ramp:
+        t = math.log1p(a * need / seeds_bps) / a
+    else:
+        t = math.log1p(total / seeds_bps) / a + (need - ramp) / (seeds_bps + total)
+    return max(0.0, t - arrival_spread_s)
 
 
 def inter_idc_bound_s(file_bytes: float, idcs: dict[str, IdcSide],

@@ -35,7 +35,7 @@ from models.interfaces import HostLoad, PieceSelector, RateController
 from models.loader import resolve_upload_slots
 
 from .network import CountingEnvironment, Flow, Network, Resource
-from .physics import IdcSide, client_server_s, p2p_lower_bound_s
+from .physics import IdcSide, client_server_s, p2p_lower_bound_s, piece_bound_s
 from .scenario import Scenario
 from .trace import TraceWriter
 
@@ -108,9 +108,9 @@ class Simulation:
         self.finished = 0
         self.gone = 0
         self.pieces_done = 0
-        self._build_nodes()
         f = scenario.file
         self.task = Task.for_url(f"http://origin.sim/{scenario.name}", f.size, f.piece_size)
+        self._build_nodes()
         # the piece grid and settings the per-piece path reads, looked up once
         self._n_pieces = self.task.n_pieces
         self._piece_size = self.task.piece_size
@@ -183,6 +183,9 @@ class Simulation:
                                                sum(s.upload_bps for s in self.supernodes), downs[staying],
                                                ups, spread, {k: IdcSide(*v) for k, v in sides.items()},
                                                {k: r.capacity for k, r in self.links.items()})
+        self.piece_bound_s = max(self.lower_bound_s, piece_bound_s(
+            size, self.task.piece_size, sc.source.upload_bps + sum(s.upload_bps for s in self.supernodes),
+            int(staying.sum()), ups, spread))
         for h in self.hosts:
             if h.leave_at is not None:     # leave somewhere inside the download, not after it
                 h.leave_at = h.arrival + h.leave_at * self.lower_bound_s
@@ -551,6 +554,7 @@ class Simulation:
             "source_egress_bytes": int(round(self.origin.up.bytes)),
             "cross_idc_bytes": int(round(self.cross_idc_bytes)),
             "lower_bound_s": round(self.lower_bound_s, 3),
+            "piece_bound_s": round(self.piece_bound_s, 3),
             "client_server_s": round(self.client_server_s, 3),
             "events": self.env.events_scheduled + self.net.timer_updates,
             "wall_s": round(wall_s, 3),

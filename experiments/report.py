@@ -5,8 +5,9 @@ writes `out_dir/report.md` with PNG figures beside it:
 - completion time (p50 and max) against each numeric grid key, one line per mode and policy,
   with the P2P lower bound (Kumar-Ross) dashed and the client-server time dotted;
 - when the grid has both `run.mode` values: the speed-up of P2P over the traditional way, next
-  to the speed-up the physics allows (client-server time / P2P bound), and the origin egress
-  reduction;
+  to the speed-ups the physics allows (client-server time / P2P bound, Kumar-Ross's and the
+  one for whole pieces, `dfsim.physics.piece_bound_s`), and the origin egress reduction; a
+  seed's speed-up claim is checked at every point whose piece bound allows it;
 - the seed's claims for the study (ANCHORS' table) as reference markers and table rows.
 Rules: figures depend only on the table (a rerun renders the same files); the markdown embeds
 them by relative path so the page reads on a code host.
@@ -37,7 +38,7 @@ SEED_CLAIMS: dict[str, list[dict]] = {
 
 def _numeric(v) -> float | None:
     if isinstance(v, (int, float)) and not isinstance(v, bool):
-        return float(v)
+        return float(v) if v == v else None          # NaN: a column older tables lack
     if isinstance(v, str):
         try:
             return float(parse_size(v))
@@ -81,6 +82,8 @@ def render(results: Path, out: Path) -> Path:
             ax.plot(xs, [r["completion_s.p50"] for r in rs], marker=".", alpha=0.6, label=f"{label} p50")
             if key[0] != "source":
                 ax.plot(xs, [r["lower_bound_s"] for r in rs], "k--", lw=1, alpha=0.7)
+                if all(_numeric(r.get("piece_bound_s")) for r in rs):
+                    ax.plot(xs, [r["piece_bound_s"] for r in rs], "k-.", lw=1, alpha=0.5)
             else:
                 ax.plot(xs, [r["client_server_s"] for r in rs], "k:", lw=1, alpha=0.7)
         for c in claims:
@@ -90,7 +93,8 @@ def render(results: Path, out: Path) -> Path:
         ax.set_ylabel("completion time (s)")
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_title(f"{name}: completion vs {x_key} (dashed: P2P bound, dotted: client-server, *: seed)",
+        ax.set_title(f"{name}: completion vs {x_key} (dashed: P2P bound, dash-dot: with whole pieces, "
+                     "dotted: client-server, *: seed)",
                      fontsize=9)
         ax.legend(fontsize=7)
         fig.tight_layout()
@@ -108,31 +112,44 @@ def render(results: Path, out: Path) -> Path:
         lines += ["## P2P against the traditional way", "",
                   "| " + " | ".join(others + ["policy", "P2P max (s)", "P2P max / bound", "traditional max (s)",
                                               "speed-up", "speed-up the physics allows",
-                                              "origin egress reduction"]) + " |",
-                  "|" + " --- |" * (len(others) + 7)]
+                                              "with whole pieces", "origin egress reduction"]) + " |",
+                  "|" + " --- |" * (len(others) + 8)]
         best_speedup, best_reduction = 0.0, 0.0
+        speedups: list[tuple[str, float, float]] = []     # point, ours, what whole pieces allow
         for key, modes in sorted(pairs.items(), key=lambda kv: [_order(v) for v in kv[0]]):
             if "p2p" not in modes or "source" not in modes:
                 continue
             p, s = modes["p2p"], modes["source"]
             speed = s["completion_s.max"] / max(p["completion_s.max"], 1e-9)
             allowed = s["client_server_s"] / max(p["lower_bound_s"], 1e-9)
+            piece_bound = _numeric(p.get("piece_bound_s"))
+            pieces = s["client_server_s"] / piece_bound if piece_bound else None
             red = 1 - p["source_egress_bytes"] / max(s["source_egress_bytes"], 1)
             best_speedup, best_reduction = max(best_speedup, speed), max(best_reduction, red)
+            point = ", ".join(f"{k}={v}" for k, v in zip(others, key[2:]))
+            if pieces:
+                speedups.append((point, speed, pieces))
             lines.append("| " + " | ".join([str(v) for v in key[2:]] + [
                 key[0], f"{p['completion_s.max']:.1f}", f"{p['completion_s.max'] / max(p['lower_bound_s'], 1e-9):.2f}",
-                f"{s['completion_s.max']:.1f}", f"{speed:.1f}x", f"{allowed:.1f}x", f"{red * 100:.2f}%"]) + " |")
+                f"{s['completion_s.max']:.1f}", f"{speed:.1f}x", f"{allowed:.1f}x",
+                f"{pieces:.1f}x" if pieces else "", f"{red * 100:.2f}%"]) + " |")
         lines.append("")
         for c in claims:
             if "speedup" in c:
                 lines.append(f"Seed: {c['claim']}. Ours: up to {best_speedup:.1f}x.")
+                allowed_points = [(pt, ours) for pt, ours, most in speedups if most >= c["speedup"]]
+                if allowed_points:
+                    short = [f"{pt} ({ours:.1f}x)" for pt, ours in allowed_points if ours < c["speedup"]]
+                    lines.append(f"Points where whole pieces allow {c['speedup']}x or more: {len(allowed_points)}; "
+                                 f"ours reaches it at {len(allowed_points) - len(short)}"
+                                 + (f", not at {'; '.join(short)}." if short else "."))
             if "reduction" in c:
                 lines.append(f"Seed: {c['claim']}. Ours: up to {best_reduction * 100:.2f}%.")
         lines.append("")
 
     # every point
     cols = grid_keys + ["policy", "seed", "completion_s.p50", "completion_s.p95", "completion_s.max",
-                        "lower_bound_s", "client_server_s", "source_egress_bytes"]
+                        "lower_bound_s", "piece_bound_s", "client_server_s", "source_egress_bytes"]
     cols = [c for c in cols if c in table.column_names]
     lines += ["## Every point", "", "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
     for r in sorted(rows, key=lambda r: [_order(r[c]) for c in cols]):

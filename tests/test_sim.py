@@ -117,6 +117,10 @@ def assert_not_below_physics(sim: Simulation, summary: dict) -> None:
     assert len(ct) == len(sim.hosts)
     assert ct.max() >= bound * (1 - 1e-9), f"slowest host {ct.max()} s beat the lower bound {bound} s"
     assert summary["completion_s"]["max"] >= summary["lower_bound_s"] * (1 - 1e-9)
+    # and the bound with whole pieces (a host uploads a piece only once it holds all of it)
+    assert sim.piece_bound_s >= sim.lower_bound_s
+    assert ct.max() >= sim.piece_bound_s * (1 - 1e-9), \
+        f"slowest host {ct.max()} s beat the whole-piece bound {sim.piece_bound_s} s"
     # per host: the whole file crosses its own downlink, and leaves the origin (which starts at t=0)
     for h in sim.hosts:
         own = max(F / h.download_bps, F / sim.sc.source.upload_bps)
@@ -371,6 +375,43 @@ def test_lower_bound_counts_a_limited_inter_idc_link(host_upload, term):
     assert_not_below_physics(sim, s)
     sg_last = max(h.done_at for h in sim.hosts if h.idc == "sg")
     assert sg_last >= expected * (1 - 1e-9)
+
+
+def _piece_bound_by_steps(need: float, piece: float, seeds: float, uploads: list[float], dt: float) -> float:
+    """The whole-piece bound's differential inequality B' = S + min(U, u_max * B / p), stepped
+    forward until the hosts' bytes reach `need`: an independent check of the closed form."""
+    total, a, b, t = sum(uploads), max(uploads) / piece, 0.0, 0.0
+    while b < need:
+        b += (seeds + min(total, a * b)) * dt
+        t += dt
+    return t
+
+
+@pytest.mark.parametrize("size, expected_s", [
+    ("50MB", 3.578),         # Kumar and Ross: 3.279 s; with 4 MiB pieces 57x of 200 s is out of reach
+    ("200MB", 13.414),       # Kumar and Ross: 13.115 s
+])
+def test_whole_piece_bound_on_seed_fig8_with_a_2gbps_source(size, expected_s):
+    """1,000 hosts at 100 Mbit/s up, 2 supernodes of 10 Gbit/s, a 2 Gbit/s origin, 4 MiB pieces."""
+    d = load_scenario(SCENARIOS / "fig8-2g.toml", [f"file.size={size}"])
+    sim = Simulation(d, load_piece_selector("heuristic:d2"), load_rate_controller("heuristic:static"))
+    F, p = sim.sc.file.size, sim.task.piece_size
+    seeds = gbps(2) + 2 * gbps(10)
+    stepped = _piece_bound_by_steps(1000 * F, p, seeds, [mbps(100)] * 1000, dt=1e-4)
+    assert sim.piece_bound_s == pytest.approx(stepped, abs=2e-4)
+    assert sim.piece_bound_s == pytest.approx(expected_s, abs=1e-3)
+    assert sim.piece_bound_s > sim.lower_bound_s
+
+
+def test_whole_piece_bound_tends_to_kumar_ross_as_pieces_shrink():
+    from dfsim.physics import piece_bound_s
+    uploads = np.full(1000, mbps(100))
+    kr = 1000 * 200 * MB / (gbps(22) + uploads.sum())
+    gaps = [piece_bound_s(200 * MB, p, gbps(22), 1000, uploads) - kr for p in (16 << 20, 4 << 20, 1 << 20, 64 << 10)]
+    assert all(g > 0 for g in gaps) and gaps == sorted(gaps, reverse=True)
+    assert gaps[-1] < 0.01
+    # no host upload at all: the seeds send everything
+    assert piece_bound_s(200 * MB, 4 << 20, gbps(22), 1000, np.zeros(1000)) == pytest.approx(1000 * 200 * MB / gbps(22))
 
 
 def test_lower_bound_ignores_idcs_without_a_listed_link():
