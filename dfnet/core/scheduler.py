@@ -278,7 +278,7 @@ class Scheduler:
         ranking = self._rankings.get(child)
         if ranking is not None:
             if ranking.expires >= now:
-                self._take(child, ranking, want, out)
+                self._take(child, ranking.order, ranking.pieces, ranking.parents, ranking.x, want, out)
                 if len(out) == want:
                     return Decision(ASSIGN, out, 0.0, len(ranking.pieces))
             del self._rankings[child]
@@ -294,11 +294,14 @@ class Scheduler:
         n = len(pieces)
         x = self._features(child, running, pieces, parents) if self.keep_features else None
         if n > 1 and self._parent_only and parents.count(parents[0]) == n:
-            order = list(range(n))
             rand = self._rand
-            for i in range(n - 1, 0, -1):          # Fisher-Yates
-                j = int(rand() * (i + 1))
-                order[i], order[j] = order[j], order[i]
+            if n == 2:      # the usual offer (rarest and random): the shuffle below, unrolled
+                order = [1, 0] if rand() < 0.5 else [0, 1]
+            else:
+                order = list(range(n))
+                for i in range(n - 1, 0, -1):          # Fisher-Yates
+                    j = int(rand() * (i + 1))
+                    order[i], order[j] = order[j], order[i]
         elif n > 1:
             if x is None:
                 x = self._features(child, running, pieces, parents)
@@ -310,10 +313,9 @@ class Scheduler:
             order = sorted(range(n), key=score.__getitem__, reverse=True)
         else:
             order = [0]
-        ranking = _Ranking(now + cfg.batch_reuse_s, order, pieces, parents, x)
-        self._take(child, ranking, want, out, kept=False)
-        if ranking.order and cfg.batch_reuse_s > 0 and self._usable(ranking):
-            self._rankings[child] = ranking
+        self._take(child, order, pieces, parents, x, want, out, kept=False)
+        if order and cfg.batch_reuse_s > 0 and self._usable(order, parents):
+            self._rankings[child] = _Ranking(now + cfg.batch_reuse_s, order, pieces, parents, x)
         if not out:              # every pair lost its slot to an earlier pick of this batch
             return self._wait(child)
         return Decision(ASSIGN, out, 0.0, n)
@@ -450,36 +452,40 @@ class Scheduler:
                                child_download) for q in parents]
         return x
 
-    def _usable(self, ranking: _Ranking) -> bool:
-        """Whether a parent of the ranking's unused pairs has a free slot now. One whose
-        parents are all busy is not kept: a slot they free goes to the waiting queue (rule 5),
-        and a wake-up's one-parent batch, the common kind, is left with only a full parent."""
-        open_, parents = self.swarm.open_flags, ranking.parents
-        for i in ranking.order:
+    def _usable(self, order: list[int], parents: list[int]) -> bool:
+        """Whether a parent of a ranking's unused pairs (`order`) has a free slot now. One
+        whose parents are all busy is not kept: a slot they free goes to the waiting queue
+        (rule 5), and a wake-up's one-parent batch, the common kind, is left with only a full
+        parent."""
+        open_ = self.swarm.open_flags
+        for i in order:
             if open_[parents[i]]:
                 return True
         return False
 
-    def _take(self, child: int, ranking: _Ranking, want: int, out: list[Assignment],
-              kept: bool = True) -> None:
-        """Assign the best still-valid pairs of a ranking, one per piece, while slots last.
+    def _take(self, child: int, order: list[int], pieces: list[int], parents: list[int],
+              x: np.ndarray | None, want: int, out: list[Assignment], kept: bool = True) -> None:
+        """Assign the best still-valid pairs of a ranking, one per piece, while slots last;
+        the pairs looked at leave `order`.
 
-        A kept ranking also skips parents flagged bad since it was scored; a fresh one was
-        filtered already (bad parents stay in it only when nobody else can serve)."""
+        A kept ranking also skips pieces the child got and parents flagged bad since it was
+        scored; a fresh one's pieces are needed ones (the child holds none of them) and its
+        parents were filtered already (bad ones stay only when nobody else can serve)."""
         sw = self.swarm
-        order, parents = ranking.order, ranking.parents
         open_ = sw.open_flags
+        running = sw.running[child]
+        have = sw.have_bits[child] if kept else 0
         used = 0
         for used, i in enumerate(order, 1):
             parent = parents[i]
             if not open_[parent]:
                 continue        # cheapest and likeliest first: a kept ranking's parent is busy
-            piece = ranking.pieces[i]
-            if piece in sw.running[child] or sw.have_bits[child] >> piece & 1 or parent in sw.blocklist[child] \
+            piece = pieces[i]
+            if piece in running or (kept and have >> piece & 1) or parent in sw.blocklist[child] \
                     or (kept and sw.n_bad and sw.bad[parent]) or (sw.links and not sw.link_open(parent, child)):
                 continue
             sw.start_transfer(child, piece, parent)
-            out.append(Assignment(piece, parent, ranking.x[i].copy() if self.keep_features else None))
+            out.append(Assignment(piece, parent, x[i].copy() if self.keep_features else None))
             if len(out) == want:
                 break
         del order[:used]
