@@ -55,7 +55,7 @@ the swarm's bitset view (a numpy call costs about a microsecond however small it
 numpy is used where it pays, for the feature matrix handed to the selector. The simulator
 calls this a few times per piece transfer, so the hot paths avoid what costs there: decisions
 without assignments are shared instances, waiting-queue entries are single ints (a tuple
-compare costs several times an int compare in the heap), bitset updates avoid negative ints
+compare costs several times an int compare), bitset updates avoid negative ints
 (`x & ~bit` on a long bitset costs twice `x ^ bit`).
 """
 from __future__ import annotations
@@ -63,7 +63,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
-from heapq import heappop, heappush
+from bisect import insort
 
 import numpy as np
 
@@ -158,10 +158,12 @@ class Scheduler:
         self._rankings: dict[int, _Ranking] = {}
         self._hints: dict[int, int] = {}    # child -> a parent that just became free for it
         self._waits: dict[int, int] = {}    # child -> requests in a row that found nothing
-        # children waiting for a parent: a heap by (pieces held, arrival in the queue), so a
-        # freed slot goes to the child furthest behind; the last host's finish depends on it.
-        # An entry is one int, held << (SEQ + PEER bits) | seq << PEER bits | child: ints
-        # compare several times faster than tuples, and a queue is popped once per piece
+        # children waiting for a parent, by (pieces held, arrival in the queue), so a freed
+        # slot goes to the child furthest behind; the last host's finish depends on it. An
+        # entry is one int, held << (SEQ + PEER bits) | seq << PEER bits | child: ints compare
+        # several times faster than tuples. The queue is a sorted list of negated entries, so
+        # the next child is its last item: popped once per piece with no comparison, where a
+        # heap's pop compares (and reaches into memory for) about 2 log2(n) entries
         self._waiting: list[int] = []
         self._is_waiting: set[int] = set()
         self._queue_seq = 0
@@ -203,8 +205,6 @@ class Scheduler:
         sw = self.swarm
         if not waiting or not sw.open_flags[parent]:
             return []
-        useful: list[int] = []
-        passed: list[int] = []
         idc = sw.idc_list
         home = idc[parent]
         have, run, finished, online = sw.have_bits, sw.run_bits, sw.finished, sw.online_list
@@ -212,41 +212,47 @@ class Scheduler:
         # a child can use the parent when it neither holds nor runs all of `mask`
         mask = have[parent] if piece is None else 1 << piece
         n_pieces = sw.n_pieces
+        # read the queue in place from its end, the furthest behind first: children passed
+        # over are not moved, and only the entries that leave it are deleted (near its end)
+        gone: list[int] = []        # positions leaving the queue
+        useful: list[int] = []      # positions of children the parent can serve
         local = 0
         scanned = 0
-        while waiting and local < n and scanned < WAKE_SCAN:
-            entry = heappop(waiting)
-            child = entry & _PEER_MASK
+        i = len(waiting)
+        while i and local < n and scanned < WAKE_SCAN:
+            i -= 1
+            child = -waiting[i] & _PEER_MASK
             if child not in is_waiting:
-                continue                        # woken or served since it queued
+                gone.append(i)                  # woken or served since it queued
+                continue
             if not online[child] or finished[child] == n_pieces:
                 is_waiting.discard(child)
+                gone.append(i)
                 continue
             scanned += 1
             if (have[child] | run[child]) & mask != mask and child != parent:
-                useful.append(entry)
+                useful.append(i)
                 if idc[child] == home:
                     local += 1
-            else:
-                passed.append(entry)
-        for entry in passed:                    # keys are unique: push order does not matter
-            heappush(waiting, entry)
-        if not useful:
-            return useful
-        if local < len(useful):
-            # children in the parent's IDC first: a freed slot should not pull traffic across
-            # a scarce inter-IDC link while a neighbour waits; then the furthest behind
-            useful.sort(key=lambda e: (idc[e & _PEER_MASK] != home, e))
-        out = []
-        hints = self._hints
-        for k, entry in enumerate(useful):
-            if k < n:
-                child = entry & _PEER_MASK
+        out: list[int] = []
+        if useful:
+            if local < len(useful):
+                # children in the parent's IDC first: a freed slot should not pull traffic
+                # across a scarce inter-IDC link while a neighbour waits; then the furthest
+                # behind (the largest negated entry)
+                useful.sort(key=lambda j: (idc[-waiting[j] & _PEER_MASK] != home, -waiting[j]))
+            hints = self._hints
+            for j in useful[:n]:
+                child = -waiting[j] & _PEER_MASK
                 is_waiting.discard(child)
                 hints[child] = parent
                 out.append(child)
-            else:
-                heappush(waiting, entry)
+                gone.append(j)
+        if gone:
+            if len(gone) > 1:
+                gone.sort(reverse=True)         # delete from the end: positions stay valid
+            for j in gone:
+                del waiting[j]
         return out
 
     def _wait(self, child: int) -> Decision:
@@ -255,7 +261,7 @@ class Scheduler:
         if child not in is_waiting:
             is_waiting.add(child)
             self._queue_seq = seq = self._queue_seq + 1
-            heappush(self._waiting, self.swarm.finished[child] << _HELD_SHIFT | seq << _PEER_BITS | child)
+            insort(self._waiting, -(self.swarm.finished[child] << _HELD_SHIFT | seq << _PEER_BITS | child))
         waits = self._waits
         k = waits.get(child, 0)
         waits[child] = k + 1
