@@ -25,7 +25,9 @@ Rules kept here:
 - Changes made at one instant are coalesced: resources touched are marked dirty and one
   flush at the end of the instant recomputes only the flows whose share really changed. A
   piece that ends and the next one that starts on the same link in the same instant costs no
-  rate update for the link's other flows.
+  rate update for the link's other flows. A downlink whose last fill gave every flow its cap
+  is not filled again when one of its flows ends: the others' caps change only through their
+  senders (which mark it for a refill), and fewer flows still fit.
 - Completion times live in the network's own calendar (a heap of distinct times, a bucket of
   (flow, version) entries per time, in the order they were set, which is the order they run
   in), each entry with the flow's version; an entry whose version is stale (the flow was

@@ -55,8 +55,9 @@ the swarm's bitset view (a numpy call costs about a microsecond however small it
 numpy is used where it pays, for the feature matrix handed to the selector. The simulator
 calls this a few times per piece transfer, so the hot paths avoid what costs there: decisions
 without assignments are shared instances, waiting-queue entries are single ints (a tuple
-compare costs several times an int compare), bitset updates avoid negative ints
-(`x & ~bit` on a long bitset costs twice `x ^ bit`).
+compare costs several times an int compare) in a sorted list read in place (a wake-up
+deletes the entries it takes, near the list's end, and moves none of those it passes over),
+bitset updates avoid negative ints (`x & ~bit` on a long bitset costs twice `x ^ bit`).
 """
 from __future__ import annotations
 
