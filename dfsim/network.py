@@ -25,7 +25,9 @@ Rules kept here:
 - Changes made at one instant are coalesced: resources touched are marked dirty and one
   flush at the end of the instant recomputes only the flows whose share really changed. A
   piece that ends and the next one that starts on the same link in the same instant costs no
-  rate update for the link's other flows.
+  rate update for the link's other flows. A downlink whose last fill gave every flow its cap
+  is not filled again when one of its flows ends: the others' caps change only through their
+  senders (which mark it for a refill), and fewer flows still fit.
 - Completion times live in the network's own calendar (a heap of distinct times, a bucket of
   (flow, version) entries per time, in the order they were set, which is the order they run
   in), each entry with the flow's version; an entry whose version is stale (the flow was
@@ -42,7 +44,7 @@ from heapq import heapify, heappop, heappush
 from operator import attrgetter
 
 import simpy
-from simpy.core import NORMAL
+from simpy.core import NORMAL, EmptySchedule, StopSimulation
 
 INF = float("inf")
 SHARE_SLACK = 0.02
@@ -55,7 +57,7 @@ _by_cap = attrgetter("cap")
 class Resource:
     """Something flows share: a NIC direction, an uplink, an inter-IDC link."""
 
-    __slots__ = ("name", "capacity", "flows", "share", "bytes", "n_set", "receiver")
+    __slots__ = ("name", "capacity", "flows", "share", "bytes", "n_set", "receiver", "full", "stale")
 
     def __init__(self, name: str, capacity: float, receiver: bool = False):
         self.name = name
@@ -65,6 +67,10 @@ class Resource:
         self.share = capacity
         self.n_set = 1            # the flow count `share` was set for
         self.bytes = 0.0          # bytes delivered through this resource by finished flows
+        # a downlink: whether its last fill was cut by its capacity (a flow got less than its
+        # cap), and whether the next flush must fill it again (see `Network._flush`)
+        self.full = False
+        self.stale = False
 
 
 class Flow:
@@ -100,23 +106,41 @@ class CountingEnvironment(simpy.Environment):
         self.events_scheduled = 0
         self._net: Network | None = None
 
+    # `schedule` and `step` are SimPy's own, written out here (simpy 4.1): a run steps a few
+    # times per piece, and the calls up to the base class cost as much as the work
     def schedule(self, event, priority=NORMAL, delay=0):
         self.events_scheduled += 1
-        super().schedule(event, priority, delay)
+        heappush(self._queue, (self._now + delay, priority, next(self._eid), event))
 
     def drive(self, net: "Network") -> None:
         self._net = net
 
     def step(self) -> None:
         net = self._net
-        if net is not None:
+        queue = self._queue
+        if net is not None and net._times:
             t = net.next_completion()
-            queue = self._queue
             if t < (queue[0][0] if queue else INF):
                 self._now = t
                 net._wake(None)
                 return
-        super().step()
+        try:
+            self._now, _, _, event = heappop(queue)
+        except IndexError:
+            raise EmptySchedule from None
+        callbacks, event.callbacks = event.callbacks, None
+        try:
+            for callback in callbacks:
+                callback(event)
+        except StopSimulation:
+            # as SimPy: the rest of the callbacks run when the simulation resumes
+            event.callbacks = callbacks[callbacks.index(callback) + 1:]
+            self.schedule(event, -1)
+            raise
+        if not event._ok and not hasattr(event, "_defused"):
+            exc = type(event._value)(*event._value.args)
+            exc.__cause__ = event._value
+            raise exc
 
 
 class Network:
@@ -161,6 +185,7 @@ class Network:
         for r in path:
             r.flows[f] = None
             dirty[r] = None
+        path[1].stale = True
         self._new.append(f)
         self.active += 1
         if not self._flush_pending:
@@ -183,6 +208,7 @@ class Network:
     def set_capacity(self, r: Resource, capacity: float) -> None:
         if capacity != r.capacity:
             r.capacity = capacity
+            r.stale = True
             self._dirty[r] = None
             self._want_flush()
 
@@ -195,6 +221,7 @@ class Network:
         for r in f.path:
             del r.flows[f]
             self._dirty[r] = None
+        f.path[1].stale = True
         self.active -= 1
         self._want_flush()
 
@@ -236,17 +263,24 @@ class Network:
                     # above its rate, keeps its rate: its receiver needs no refill
                     if f.rate < f.cap and f.rate < share:
                         continue
-                    receivers[f.path[1]] = None
+                    down = f.path[1]
+                    down.stale = True
+                    receivers[down] = None
         self._dirty.clear()
         for f in self._new:
             receivers[f.path[1]] = None
         self._new.clear()
         for down in receivers:
-            self._fill(down, now)
+            # a downlink marked dirty only because a flow ended, whose last fill gave every
+            # flow its cap, would be filled to the same rates: its flows' caps change only
+            # through their senders (which mark it stale), and fewer flows still fit
+            if down.stale:
+                self._fill(down, now)
         self._arm()
 
     def _fill(self, down: Resource, now: float) -> None:
         """Water-fill a receiver's downlink among its flows, each up to its sender-side cap."""
+        down.stale = False
         flows = down.flows
         total = 0.0
         for f in flows:
@@ -256,10 +290,12 @@ class Network:
             total += cap
         if total <= down.capacity:
             # the downlink has room for every cap (the common case: senders are the limit)
+            down.full = False
             for f in flows:
                 if f.cap != f.rate or f.version == 0:
                     self._retime(f, f.cap, now)
             return
+        down.full = True
         left = down.capacity
         k = len(flows)
         for i, f in enumerate(sorted(flows, key=_by_cap)):
@@ -360,6 +396,9 @@ class Network:
                     r.bytes += size
                     del r.flows[f]
                     dirty[r] = None
+                down = f.path[1]
+                if down.full:           # the others may take what it leaves
+                    down.stale = True
                 self.active -= 1
                 self._flush_pending = True
                 f.on_done(f)

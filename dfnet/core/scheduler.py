@@ -55,15 +55,16 @@ the swarm's bitset view (a numpy call costs about a microsecond however small it
 numpy is used where it pays, for the feature matrix handed to the selector. The simulator
 calls this a few times per piece transfer, so the hot paths avoid what costs there: decisions
 without assignments are shared instances, waiting-queue entries are single ints (a tuple
-compare costs several times an int compare in the heap), bitset updates avoid negative ints
-(`x & ~bit` on a long bitset costs twice `x ^ bit`).
+compare costs several times an int compare) in a sorted list read in place (a wake-up
+deletes the entries it takes, near the list's end, and moves none of those it passes over),
+bitset updates avoid negative ints (`x & ~bit` on a long bitset costs twice `x ^ bit`).
 """
 from __future__ import annotations
 
 import math
 import random
 from dataclasses import dataclass, field
-from heapq import heappop, heappush
+from bisect import insort
 
 import numpy as np
 
@@ -158,10 +159,12 @@ class Scheduler:
         self._rankings: dict[int, _Ranking] = {}
         self._hints: dict[int, int] = {}    # child -> a parent that just became free for it
         self._waits: dict[int, int] = {}    # child -> requests in a row that found nothing
-        # children waiting for a parent: a heap by (pieces held, arrival in the queue), so a
-        # freed slot goes to the child furthest behind; the last host's finish depends on it.
-        # An entry is one int, held << (SEQ + PEER bits) | seq << PEER bits | child: ints
-        # compare several times faster than tuples, and a queue is popped once per piece
+        # children waiting for a parent, by (pieces held, arrival in the queue), so a freed
+        # slot goes to the child furthest behind; the last host's finish depends on it. An
+        # entry is one int, held << (SEQ + PEER bits) | seq << PEER bits | child: ints compare
+        # several times faster than tuples. The queue is a sorted list of negated entries, so
+        # the next child is its last item: popped once per piece with no comparison, where a
+        # heap's pop compares (and reaches into memory for) about 2 log2(n) entries
         self._waiting: list[int] = []
         self._is_waiting: set[int] = set()
         self._queue_seq = 0
@@ -203,8 +206,6 @@ class Scheduler:
         sw = self.swarm
         if not waiting or not sw.open_flags[parent]:
             return []
-        useful: list[int] = []
-        passed: list[int] = []
         idc = sw.idc_list
         home = idc[parent]
         have, run, finished, online = sw.have_bits, sw.run_bits, sw.finished, sw.online_list
@@ -212,41 +213,47 @@ class Scheduler:
         # a child can use the parent when it neither holds nor runs all of `mask`
         mask = have[parent] if piece is None else 1 << piece
         n_pieces = sw.n_pieces
+        # read the queue in place from its end, the furthest behind first: children passed
+        # over are not moved, and only the entries that leave it are deleted (near its end)
+        gone: list[int] = []        # positions leaving the queue
+        useful: list[int] = []      # positions of children the parent can serve
         local = 0
         scanned = 0
-        while waiting and local < n and scanned < WAKE_SCAN:
-            entry = heappop(waiting)
-            child = entry & _PEER_MASK
+        i = len(waiting)
+        while i and local < n and scanned < WAKE_SCAN:
+            i -= 1
+            child = -waiting[i] & _PEER_MASK
             if child not in is_waiting:
-                continue                        # woken or served since it queued
+                gone.append(i)                  # woken or served since it queued
+                continue
             if not online[child] or finished[child] == n_pieces:
                 is_waiting.discard(child)
+                gone.append(i)
                 continue
             scanned += 1
             if (have[child] | run[child]) & mask != mask and child != parent:
-                useful.append(entry)
+                useful.append(i)
                 if idc[child] == home:
                     local += 1
-            else:
-                passed.append(entry)
-        for entry in passed:                    # keys are unique: push order does not matter
-            heappush(waiting, entry)
-        if not useful:
-            return useful
-        if local < len(useful):
-            # children in the parent's IDC first: a freed slot should not pull traffic across
-            # a scarce inter-IDC link while a neighbour waits; then the furthest behind
-            useful.sort(key=lambda e: (idc[e & _PEER_MASK] != home, e))
-        out = []
-        hints = self._hints
-        for k, entry in enumerate(useful):
-            if k < n:
-                child = entry & _PEER_MASK
+        out: list[int] = []
+        if useful:
+            if local < len(useful):
+                # children in the parent's IDC first: a freed slot should not pull traffic
+                # across a scarce inter-IDC link while a neighbour waits; then the furthest
+                # behind (the largest negated entry)
+                useful.sort(key=lambda j: (idc[-waiting[j] & _PEER_MASK] != home, -waiting[j]))
+            hints = self._hints
+            for j in useful[:n]:
+                child = -waiting[j] & _PEER_MASK
                 is_waiting.discard(child)
                 hints[child] = parent
                 out.append(child)
-            else:
-                heappush(waiting, entry)
+                gone.append(j)
+        if gone:
+            if len(gone) > 1:
+                gone.sort(reverse=True)         # delete from the end: positions stay valid
+            for j in gone:
+                del waiting[j]
         return out
 
     def _wait(self, child: int) -> Decision:
@@ -255,7 +262,7 @@ class Scheduler:
         if child not in is_waiting:
             is_waiting.add(child)
             self._queue_seq = seq = self._queue_seq + 1
-            heappush(self._waiting, self.swarm.finished[child] << _HELD_SHIFT | seq << _PEER_BITS | child)
+            insort(self._waiting, -(self.swarm.finished[child] << _HELD_SHIFT | seq << _PEER_BITS | child))
         waits = self._waits
         k = waits.get(child, 0)
         waits[child] = k + 1
@@ -278,7 +285,7 @@ class Scheduler:
         ranking = self._rankings.get(child)
         if ranking is not None:
             if ranking.expires >= now:
-                self._take(child, ranking, want, out)
+                self._take(child, ranking.order, ranking.pieces, ranking.parents, ranking.x, want, out)
                 if len(out) == want:
                     return Decision(ASSIGN, out, 0.0, len(ranking.pieces))
             del self._rankings[child]
@@ -294,11 +301,14 @@ class Scheduler:
         n = len(pieces)
         x = self._features(child, running, pieces, parents) if self.keep_features else None
         if n > 1 and self._parent_only and parents.count(parents[0]) == n:
-            order = list(range(n))
             rand = self._rand
-            for i in range(n - 1, 0, -1):          # Fisher-Yates
-                j = int(rand() * (i + 1))
-                order[i], order[j] = order[j], order[i]
+            if n == 2:      # the usual offer (rarest and random): the shuffle below, unrolled
+                order = [1, 0] if rand() < 0.5 else [0, 1]
+            else:
+                order = list(range(n))
+                for i in range(n - 1, 0, -1):          # Fisher-Yates
+                    j = int(rand() * (i + 1))
+                    order[i], order[j] = order[j], order[i]
         elif n > 1:
             if x is None:
                 x = self._features(child, running, pieces, parents)
@@ -310,10 +320,9 @@ class Scheduler:
             order = sorted(range(n), key=score.__getitem__, reverse=True)
         else:
             order = [0]
-        ranking = _Ranking(now + cfg.batch_reuse_s, order, pieces, parents, x)
-        self._take(child, ranking, want, out, kept=False)
-        if ranking.order and cfg.batch_reuse_s > 0 and self._usable(ranking):
-            self._rankings[child] = ranking
+        self._take(child, order, pieces, parents, x, want, out, kept=False)
+        if order and cfg.batch_reuse_s > 0 and self._usable(order, parents):
+            self._rankings[child] = _Ranking(now + cfg.batch_reuse_s, order, pieces, parents, x)
         if not out:              # every pair lost its slot to an earlier pick of this batch
             return self._wait(child)
         return Decision(ASSIGN, out, 0.0, n)
@@ -450,36 +459,40 @@ class Scheduler:
                                child_download) for q in parents]
         return x
 
-    def _usable(self, ranking: _Ranking) -> bool:
-        """Whether a parent of the ranking's unused pairs has a free slot now. One whose
-        parents are all busy is not kept: a slot they free goes to the waiting queue (rule 5),
-        and a wake-up's one-parent batch, the common kind, is left with only a full parent."""
-        open_, parents = self.swarm.open_flags, ranking.parents
-        for i in ranking.order:
+    def _usable(self, order: list[int], parents: list[int]) -> bool:
+        """Whether a parent of a ranking's unused pairs (`order`) has a free slot now. One
+        whose parents are all busy is not kept: a slot they free goes to the waiting queue
+        (rule 5), and a wake-up's one-parent batch, the common kind, is left with only a full
+        parent."""
+        open_ = self.swarm.open_flags
+        for i in order:
             if open_[parents[i]]:
                 return True
         return False
 
-    def _take(self, child: int, ranking: _Ranking, want: int, out: list[Assignment],
-              kept: bool = True) -> None:
-        """Assign the best still-valid pairs of a ranking, one per piece, while slots last.
+    def _take(self, child: int, order: list[int], pieces: list[int], parents: list[int],
+              x: np.ndarray | None, want: int, out: list[Assignment], kept: bool = True) -> None:
+        """Assign the best still-valid pairs of a ranking, one per piece, while slots last;
+        the pairs looked at leave `order`.
 
-        A kept ranking also skips parents flagged bad since it was scored; a fresh one was
-        filtered already (bad parents stay in it only when nobody else can serve)."""
+        A kept ranking also skips pieces the child got and parents flagged bad since it was
+        scored; a fresh one's pieces are needed ones (the child holds none of them) and its
+        parents were filtered already (bad ones stay only when nobody else can serve)."""
         sw = self.swarm
-        order, parents = ranking.order, ranking.parents
         open_ = sw.open_flags
+        running = sw.running[child]
+        have = sw.have_bits[child] if kept else 0
         used = 0
         for used, i in enumerate(order, 1):
             parent = parents[i]
             if not open_[parent]:
                 continue        # cheapest and likeliest first: a kept ranking's parent is busy
-            piece = ranking.pieces[i]
-            if piece in sw.running[child] or sw.have_bits[child] >> piece & 1 or parent in sw.blocklist[child] \
+            piece = pieces[i]
+            if piece in running or (kept and have >> piece & 1) or parent in sw.blocklist[child] \
                     or (kept and sw.n_bad and sw.bad[parent]) or (sw.links and not sw.link_open(parent, child)):
                 continue
             sw.start_transfer(child, piece, parent)
-            out.append(Assignment(piece, parent, ranking.x[i].copy() if self.keep_features else None))
+            out.append(Assignment(piece, parent, x[i].copy() if self.keep_features else None))
             if len(out) == want:
                 break
         del order[:used]
