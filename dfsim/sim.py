@@ -190,12 +190,12 @@ class Simulation:
             side[2] = side[2] or node is self.origin
             if 0 <= node.id < n and node.leave_at is None:      # a host that must finish
                 side[0] += 1
-        self.lower_bound_s = p2p_lower_bound_s(size, sc.source.upload_bps,
-                                               sum(s.upload_bps for s in self.supernodes), downs[staying],
+        seeds_bps = sum(s.upload_bps for s in self.supernodes)
+        self.lower_bound_s = p2p_lower_bound_s(size, sc.source.upload_bps, seeds_bps, downs[staying],
                                                ups, spread, {k: IdcSide(*v) for k, v in sides.items()},
                                                {k: r.capacity for k, r in self.links.items()})
         self.piece_bound_s = max(self.lower_bound_s, piece_bound_s(
-            size, self.task.piece_size, sc.source.upload_bps + sum(s.upload_bps for s in self.supernodes),
+            size, self.task.piece_size, sc.source.upload_bps + seeds_bps,
             int(staying.sum()), ups, spread))
         for h in self.hosts:
             if h.leave_at is not None:     # leave somewhere inside the download, not after it
