@@ -47,7 +47,7 @@ import aiohttp
 from dfnet.core.task import piece_size_for, task_id
 from dfnet.errors import DIGEST_MISMATCH, FILE_IO, NETWORK, PROTOCOL, SOURCE_KIND_CODES, DownloadError, status_code
 from dfnet.logs import redact_url
-from dfnet.protocol import TOKEN_HEADER
+from dfnet.protocol import TOKEN_HEADER, SyncReply
 from dfnet.source import SourceError, open_source
 from dfnet.storage import PieceWriter, StorageError, TaskFiles
 from dfnet.throttle import bucket, charge, pace
@@ -126,7 +126,7 @@ class Download:
             reg = await sn.register(h.session, addr, body)
             self._open(reg.task_id, reg.length, reg.piece_size, reg.token)
             try:
-                await self._sync_loop(addr, reg.task_id, reg.token)
+                await self._sync_loop(addr, reg.task_id, reg.token, reg.stream)
                 return
             except sn.TaskGone:
                 log.info("supernode forgot the task; registering again", extra={"fields": {"supernode": addr}})
@@ -139,8 +139,16 @@ class Download:
         entry.tokens.add(token)
         self._report_progress()
 
-    async def _sync_loop(self, addr: str, tid: str, token: str) -> None:
+    async def _sync_loop(self, addr: str, tid: str, token: str, stream_offered: bool = False) -> None:
         h, files = self.host, self.files
+        # the supernode's sync stream when it offers one (one connection for the whole
+        # download, a fraction of a request's cost on both ends), else one POST per sync
+        stream = await sn.SyncStream.open(addr, tid, token, h.peer_id) if stream_offered else None
+        if stream is not None:
+            ask = stream.sync
+        else:
+            async def ask(body: dict) -> SyncReply:
+                return await sn.sync(h.session, addr, tid, token, body)
         done: list[list] = []
         failed: list[list] = []
         source: list[list] = []
@@ -150,7 +158,7 @@ class Download:
         try:
             while True:
                 asked = time.monotonic()
-                reply = await sn.sync(h.session, addr, tid, token, {
+                reply = await ask({
                     "peer": h.peer_id, "done": done, "failed": failed, "source": source,
                     "have": have, "idle": not inflight})
                 done, failed, source, have = [], [], [], []
@@ -203,6 +211,8 @@ class Download:
                         break
                     timeout = BATCH_WAIT_S
         finally:
+            if stream is not None:
+                stream.close()
             for job in inflight:
                 job.cancel()
             if inflight:
