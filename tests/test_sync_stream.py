@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 
 from tests.live import nodes
 from tests.test_live import MiB, _metric, _sha, cluster  # noqa: F401  (a fixture)
@@ -125,3 +126,63 @@ def test_a_bad_message_ends_its_stream_with_one_line_and_the_others_go_on(cluste
                                  headers={"Content-Type": "application/json", "X-Dfly-Token": token})
     with urllib.request.urlopen(req, timeout=10) as r:
         assert "assign" in json.loads(r.read())
+
+
+def test_a_held_sync_ends_with_its_stream_and_a_second_message_meanwhile_is_refused(cluster):
+    url, _ = cluster.file("f.bin", size=8 * MiB)
+    sn = cluster.supernode("sn", "--upload-limit", "4MiB/s")       # the seed has one upload slot
+    reg = _register(sn, url, "p1")
+    _register(sn, url, "p2")
+    tid, token = reg["task_id"], reg["token"]
+    p1, status, _ = _open(sn, tid, token, "p1")
+    assert status == 101
+    with p1:
+        assert len(_ask(p1, {"peer": "p1", "idle": True})["assign"]) == 1       # the seed's slot
+        p2, status, rest = _open(sn, tid, token, "p2")
+        with p2:
+            p2.sendall(b'{"peer": "p2", "idle": true}\n')                       # held: no slot
+            p2.sendall(b'{"peer": "p2", "idle": true}\n')                       # too early
+            lines = _lines(p2, rest)
+        assert [json.loads(x)["status"] for x in lines] == [400], lines
+        assert "previous reply" in json.loads(lines[0])["error"]
+        p2, status, _ = _open(sn, tid, token, "p2")
+        p2.sendall(b'{"peer": "p2", "idle": true}\n')                           # held again ...
+        p2.close()                                                              # ... and gone
+        p2, status, _ = _open(sn, tid, token, "p2")
+        with p2:
+            assert status == 101
+            assert "error" not in _ask(p2, {"peer": "p2", "idle": False})       # not held: answered
+        assert "error" not in _ask(p1, {"peer": "p1", "idle": False})
+    assert "Traceback" not in sn.logs()
+
+
+def test_a_message_in_parts_is_one_message_and_an_endless_one_is_cut_off(cluster):
+    url, _ = cluster.file("f.bin", size=8 * MiB)
+    sn = cluster.supernode()
+    reg = _register(sn, url, "p1")
+    s, status, _ = _open(sn, reg["task_id"], reg["token"], "p1")
+    with s:
+        body = json.dumps({"peer": "p1", "idle": False}).encode()
+        s.sendall(body[:5])
+        time.sleep(0.2)                                  # two reads on the supernode's side
+        s.sendall(body[5:] + b"\n")
+        line = b""
+        while not line.endswith(b"\n"):
+            line += s.recv(65536)
+        assert "assign" in json.loads(line)
+    s, status, rest = _open(sn, reg["task_id"], reg["token"], "p1")
+    with s:
+        try:
+            for _ in range(80):                          # 5 MiB without a newline
+                s.sendall(b"x" * (64 << 10))
+        except OSError:
+            pass                                         # cut off while sending: as expected
+        try:
+            lines = _lines(s, rest)
+        except ConnectionResetError:       # closed with our bytes unread: the kernel resets,
+            lines = []                     # and the error line may be lost with it
+    assert all(json.loads(x)["status"] == 400 and "too large" in json.loads(x)["error"] for x in lines)
+    s, status, _ = _open(sn, reg["task_id"], reg["token"], "p1")              # the supernode goes on
+    with s:
+        assert "assign" in _ask(s, {"peer": "p1", "idle": False})
+    assert "Traceback" not in sn.logs()

@@ -53,6 +53,8 @@ async def accept(node: Supernode, request: web.Request) -> web.StreamResponse:
         return _response(Refused(400, str(e)))
     resp = web.StreamResponse(status=101, headers={"Upgrade": STREAM_UPGRADE, "Connection": "Upgrade"})
     await resp.prepare(request)
+    if request.transport is None:             # the peer hung up meanwhile
+        return resp
     s = SyncStream(node, t, peer, request.transport)
     node.streams.add(s)
     node.metrics.inc("dragonfly_scheduler_sync_stream_total")
@@ -77,7 +79,7 @@ class SyncStream:
         self.task = task
         self.peer = peer
         self.transport = transport
-        self.buf = b""
+        self.buf = bytearray()
         self.held: asyncio.Task | None = None
         self.closed = asyncio.get_running_loop().create_future()
         self.last = time.monotonic()
@@ -93,11 +95,16 @@ class SyncStream:
         if self.closed.done():
             return False, b""
         self.last = time.monotonic()
-        *lines, self.buf = (self.buf + data).split(b"\n") if self.buf else data.split(b"\n")
-        for line in lines:
-            if self.closed.done():
-                break
-            self._message(line)
+        if b"\n" in data:
+            if self.buf:                           # the end of a message that came in parts
+                data, self.buf = bytes(self.buf) + data, bytearray()
+            *lines, tail = data.split(b"\n")
+            for line in lines:
+                if self.closed.done():
+                    return False, b""
+                self._message(line)
+            data = tail
+        self.buf += data                           # a bytearray: a large message grows in place
         if len(self.buf) > MAX_LINE:
             self._fail(400, "sync stream: message too large")
         return False, b""
