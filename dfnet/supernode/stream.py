@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 IDLE_S = 600.0           # above a daemon's longest quiet spell (a back-to-source download)
 MAX_LINE = 4 << 20       # as the HTTP route's body limit
 log = logging.getLogger("dfnet.supernode")
+_encode = json.JSONEncoder(separators=(",", ":")).encode      # made once, not per reply as json.dumps(separators=)
 
 
 async def accept(node: Supernode, request: web.Request) -> web.StreamResponse:
@@ -154,7 +155,7 @@ class SyncStream:
     def _write(self, obj: dict) -> None:
         if self.closed.done():
             return
-        self.transport.write(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+        self.transport.write(_encode(obj).encode() + b"\n")
         if self.transport.get_write_buffer_size() > MAX_LINE:
             self.close()
 
