@@ -15,7 +15,9 @@ Rules kept here:
 - Results go back in batches: after the first piece of a window ends, the daemon gathers
   more for up to `BATCH_WAIT_S` or until half its window is free, then one sync reports them
   all and takes the next assignments. Per piece the protocol costs a fraction of a round
-  trip (about 2 / window syncs), not one HTTP request.
+  trip (about 2 / window syncs), not one HTTP request. The syncs go over the supernode's sync
+  stream, one connection for the whole download, when its register reply offers one; else
+  (an older supernode, `--no-sync-stream`, a proxy that refuses the upgrade) one POST each.
 - A piece that does not match is reported corrupt (the core blocklists that parent for this
   task); a parent that fails otherwise is reported and the supernode decides again.
 - A supernode that stops answering is replaced by the next (`--supernode` order or the config
