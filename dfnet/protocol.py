@@ -16,6 +16,14 @@ Messages (JSON bodies; the task token travels in the `X-Dfly-Token` header):
   "back_to_source": bool, "done": bool}`. Results and the next request share one round trip;
   an idle daemon's sync is held by the supernode until there is work (long poll). `have`
   lists pieces a resumed daemon proved on its disk (its first sync after registering).
+- The sync stream (Dragonfly 2's long-lived AnnouncePeer stream, one per peer and task):
+  `GET /v1/tasks/{id}/stream?peer=PEER_ID` with `Connection: Upgrade`, `Upgrade: dfly-sync`
+  and the token; the supernode answers `101 Switching Protocols` (or the sync route's HTTP
+  error) and the connection then carries newline-delimited JSON: each line from the daemon is
+  one sync body (its `peer` must be the stream's), each line back is its reply, in order, one
+  message at a time. An error is one line `{"error", "status", ...}` (the status the HTTP
+  route would answer) and the supernode closes the stream. A supernode offers the stream with
+  `"stream": true` in its register reply; without it (older supernodes) daemons use the POST.
 - `POST /v1/tasks/{id}/leave`: `{"peer"}`.
 - `GET /v1/tasks/{id}/pieces/{n}` (peer -> peer or supernode): the piece's bytes.
 """
@@ -23,10 +31,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 MAX_LIST = 100_000
 MAX_STR = 8192
 TOKEN_HEADER = "X-Dfly-Token"
+STREAM_UPGRADE = "dfly-sync"          # the `Upgrade:` token of the sync stream
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _DIGEST = re.compile(r"(sha256:[0-9a-f]{64}|md5:[0-9a-f]{32})")
 _ADDR = re.compile(r"[A-Za-z0-9.\-\[\]:]{1,255}:\d{1,5}")
@@ -34,6 +44,19 @@ _ADDR = re.compile(r"[A-Za-z0-9.\-\[\]:]{1,255}:\d{1,5}")
 
 class ProtocolError(ValueError):
     """A message that breaks the wire contract; the text is one line."""
+
+
+class Refused(Exception):
+    """A request answered with an error: its HTTP status, one line, and extra fields (the
+    same body, `{"error", ...}`, as an HTTP response or as a line on the sync stream)."""
+
+    def __init__(self, status: int, message: str, **extra):
+        super().__init__(" ".join(message.split()))
+        self.status = status
+        self.extra = extra
+
+    def body(self) -> dict:
+        return {"error": str(self), **{k: v for k, v in self.extra.items() if v is not None}}
 
 
 def _get(obj: dict, key: str, kind: type | tuple[type, ...], default=..., where: str = "message"):
@@ -169,11 +192,23 @@ class Sync:
     idle: bool = False
 
 
+_NUMBER = (int, float)
+
+
 def parse_sync(obj: object) -> Sync:
     w = "sync"
     peer = _get(obj, "peer", str, where=w)
     done = []
     for item in _get(obj, "done", list, [], w):
+        # the common case in one expression: a sync carries a window's results and this runs
+        # for each (`type(x) is int` also turns bools away); anything else takes the checks
+        # that name the fault
+        if type(item) is list and len(item) == 4:
+            piece, parent, nbytes, cost = item
+            if (type(piece) is int and type(parent) is str and type(nbytes) is int and type(cost) in _NUMBER
+                    and 0 <= piece < 1 << 31 and nbytes >= 0 and 0 <= cost < 1e6):
+                done.append((piece, parent, nbytes, float(cost)))
+                continue
         if not (isinstance(item, list) and len(item) == 4 and isinstance(item[1], str)
                 and isinstance(item[2], int) and not isinstance(item[2], bool)
                 and isinstance(item[3], (int, float)) and not isinstance(item[3], bool)
@@ -194,8 +229,10 @@ def parse_sync(obj: object) -> Sync:
     return Sync(peer, done, failed, source, have, bool(_get(obj, "idle", bool, False, w)))
 
 
-@dataclass(frozen=True)
-class Assign:
+class Assign(NamedTuple):
+    """One assignment; a tuple (JSON encodes it as the wire's list), cheap to make by the
+    thousand on the supernode's hot path."""
+
     piece: int
     parent: str
     addr: str
@@ -210,7 +247,7 @@ class SyncReply:
     done: bool = False
 
     def to_json(self) -> dict:
-        return {"assign": [[a.piece, a.parent, a.addr, a.sha256] for a in self.assign],
+        return {"assign": self.assign,
                 "retry_after": self.retry_after, "back_to_source": self.back_to_source, "done": self.done}
 
 
@@ -232,6 +269,7 @@ class Registered:
     length: int
     piece_size: int
     token: str
+    stream: bool = False                  # the supernode offers the sync stream
 
 
 def parse_registered(obj: object) -> Registered:
@@ -244,4 +282,4 @@ def parse_registered(obj: object) -> Registered:
     token = _get(obj, "token", str, where=w)
     if length < 0 or not 0 < size <= 64 << 20 or not 16 <= len(token) <= 128:
         raise ProtocolError("register reply: bad length, piece size or token")
-    return Registered(tid, length, size, token)
+    return Registered(tid, length, size, token, _get(obj, "stream", bool, False, w))

@@ -15,7 +15,9 @@ Rules kept here:
 - Results go back in batches: after the first piece of a window ends, the daemon gathers
   more for up to `BATCH_WAIT_S` or until half its window is free, then one sync reports them
   all and takes the next assignments. Per piece the protocol costs a fraction of a round
-  trip (about 2 / window syncs), not one HTTP request.
+  trip (about 2 / window syncs), not one HTTP request. The syncs go over the supernode's sync
+  stream, one connection for the whole download, when its register reply offers one; else
+  (an older supernode, `--no-sync-stream`, a proxy that refuses the upgrade) one POST each.
 - A piece that does not match is reported corrupt (the core blocklists that parent for this
   task); a parent that fails otherwise is reported and the supernode decides again.
 - A supernode that stops answering is replaced by the next (`--supernode` order or the config
@@ -47,7 +49,7 @@ import aiohttp
 from dfnet.core.task import piece_size_for, task_id
 from dfnet.errors import DIGEST_MISMATCH, FILE_IO, NETWORK, PROTOCOL, SOURCE_KIND_CODES, DownloadError, status_code
 from dfnet.logs import redact_url
-from dfnet.protocol import TOKEN_HEADER
+from dfnet.protocol import TOKEN_HEADER, SyncReply
 from dfnet.source import SourceError, open_source
 from dfnet.storage import PieceWriter, StorageError, TaskFiles
 from dfnet.throttle import bucket, charge, pace
@@ -126,7 +128,7 @@ class Download:
             reg = await sn.register(h.session, addr, body)
             self._open(reg.task_id, reg.length, reg.piece_size, reg.token)
             try:
-                await self._sync_loop(addr, reg.task_id, reg.token)
+                await self._sync_loop(addr, reg.task_id, reg.token, reg.stream)
                 return
             except sn.TaskGone:
                 log.info("supernode forgot the task; registering again", extra={"fields": {"supernode": addr}})
@@ -139,8 +141,16 @@ class Download:
         entry.tokens.add(token)
         self._report_progress()
 
-    async def _sync_loop(self, addr: str, tid: str, token: str) -> None:
+    async def _sync_loop(self, addr: str, tid: str, token: str, stream_offered: bool = False) -> None:
         h, files = self.host, self.files
+        # the supernode's sync stream when it offers one (one connection for the whole
+        # download, a fraction of a request's cost on both ends), else one POST per sync
+        stream = await sn.SyncStream.open(addr, tid, token, h.peer_id) if stream_offered else None
+        if stream is not None:
+            ask = stream.sync
+        else:
+            async def ask(body: dict) -> SyncReply:
+                return await sn.sync(h.session, addr, tid, token, body)
         done: list[list] = []
         failed: list[list] = []
         source: list[list] = []
@@ -150,7 +160,7 @@ class Download:
         try:
             while True:
                 asked = time.monotonic()
-                reply = await sn.sync(h.session, addr, tid, token, {
+                reply = await ask({
                     "peer": h.peer_id, "done": done, "failed": failed, "source": source,
                     "have": have, "idle": not inflight})
                 done, failed, source, have = [], [], [], []
@@ -203,6 +213,8 @@ class Download:
                         break
                     timeout = BATCH_WAIT_S
         finally:
+            if stream is not None:
+                stream.close()
             for job in inflight:
                 job.cancel()
             if inflight:

@@ -12,7 +12,10 @@ Rules kept here:
 - GC: when the cached tasks' bytes pass `cache_high`, the least recently used tasks not in
   use are removed until they fit under `cache_low`. A task fetching or synced recently is in
   use and is never collected.
-- An idle peer's sync is held up to `LONG_POLL_S` until the core has work for it.
+- An idle peer's sync is held up to `LONG_POLL_S` until the core has work for it, whether it
+  came as an HTTP request or on a peer's sync stream (`stream.py`): both run `sync_begin` /
+  `sync_hold`, so they apply, decide, hold and count (`dragonfly_scheduler_sync_total`,
+  `..._piece_assigned_total`) the same way.
 - Source headers are used for the origin fetch and dropped; they are never stored or logged.
 - A task first fetched with credentials (Authorization, Cookie, ...) is private: every peer
   that registers for it is checked against the origin with its own headers first, so a peer
@@ -45,7 +48,8 @@ from dfnet.core.scheduler import SchedulerConfig
 from dfnet.core.task import Task, TaskError, piece_size_for, task_id
 from dfnet.logs import redact_url
 from dfnet.metrics import Metrics
-from dfnet.protocol import TOKEN_HEADER, ProtocolError, parse_preheat, parse_register, parse_sync
+from dfnet.protocol import (TOKEN_HEADER, ProtocolError, Refused, Sync, SyncReply, parse_preheat, parse_register,
+                            parse_sync)
 from dfnet.source import SourceError, check_url, open_source
 from dfnet.storage import StorageError, TaskFiles, check_task_id, task_ids
 from dfnet.throttle import bucket
@@ -53,6 +57,7 @@ from dfnet.upload import Servable, piece_handler
 from models.loader import resolve_upload_slots
 
 from . import seed as seed_fetch
+from . import stream
 from .tasks import SupernodeTask
 
 LONG_POLL_S = 5.0
@@ -66,7 +71,7 @@ class Supernode:
     def __init__(self, data: Path, policy, advertise: str, *, node_id: str = "",
                  piece_size: int | None = None, cache_high: int = 50 << 30, cache_low: int = 40 << 30,
                  revalidate_s: float = 30.0, config: SchedulerConfig = SchedulerConfig(),
-                 policy_poll_s: float = 30.0, min_upload_bps: float | None = None):
+                 policy_poll_s: float = 30.0, min_upload_bps: float | None = None, offer_stream: bool = True):
         self.data = Path(data)
         (self.data / "tasks").mkdir(parents=True, exist_ok=True)
         self.policy = policy                      # a models.deploy.PolicyHandle (piece selector)
@@ -78,6 +83,8 @@ class Supernode:
         self.cache_high, self.cache_low = cache_high, cache_low
         self.revalidate_s = revalidate_s
         self.config = config
+        self.offer_stream = offer_stream                  # register replies offer the sync stream
+        self.streams: set[stream.SyncStream] = set()      # open sync streams, closed on shutdown
         self.tasks: dict[str, SupernodeTask] = {}         # task id -> task
         self.current: dict[str, str] = {}                 # task key -> task id of the version in use
         self._stored: dict[str, TaskFiles] = {}           # complete tasks from disk, not loaded yet
@@ -89,7 +96,8 @@ class Supernode:
         m = self.metrics
         m.declare("dragonfly_scheduler_register_peer_total", "counter", "Peers registered.")
         m.declare("dragonfly_scheduler_piece_assigned_total", "counter", "Piece assignments handed out.")
-        m.declare("dragonfly_scheduler_sync_total", "counter", "Sync requests served.")
+        m.declare("dragonfly_scheduler_sync_total", "counter", "Sync requests served (HTTP and stream messages).")
+        m.declare("dragonfly_scheduler_sync_stream_total", "counter", "Sync streams opened.")
         m.declare("dragonfly_cdn_back_source_bytes_total", "counter", "Bytes fetched from origins.")
         m.declare("dragonfly_cdn_upload_bytes_total", "counter", "Piece bytes served to peers.")
         m.declare("dragonfly_cdn_gc_tasks_total", "counter", "Cached tasks removed by GC.")
@@ -144,7 +152,7 @@ class Supernode:
         t.register(reg.peer)
         self.metrics.inc("dragonfly_scheduler_register_peer_total")
         return web.json_response({"task_id": t.task.id, "length": t.task.length,
-                                  "piece_size": t.task.piece_size, "token": t.token})
+                                  "piece_size": t.task.piece_size, "token": t.token, "stream": self.offer_stream})
 
     async def _task_for_register(self, key: str, url: str, headers: dict, digest: str | None,
                                  filt, by_digest: bool = False) -> SupernodeTask:
@@ -277,28 +285,51 @@ class Supernode:
             return err
         try:
             msg = parse_sync(await _json(request))
-            child = t.apply(msg, time.monotonic())
+            child, deadline, reply, final = self.sync_begin(t, msg)
+            if not final:
+                reply = await self.sync_hold(t, child, deadline, reply)
         except ProtocolError as e:
             return _error(400, str(e))
+        except Refused as e:
+            return web.json_response(e.body(), status=e.status)
+        return web.json_response(reply.to_json())
+
+    # The sync's work, shared by the HTTP route and the stream (`stream.py`): apply the
+    # results, decide, and hold an idle peer until the core has work for it.
+    def sync_begin(self, t: SupernodeTask, msg: Sync) -> tuple[int, float, SyncReply, bool]:
+        """Apply a sync's results and decide at once: (child, hold deadline, reply, final).
+        Not final: the peer is idle and the core has nothing for it yet; `sync_hold` it."""
+        child = t.apply(msg, time.monotonic())
         self.metrics.inc("dragonfly_scheduler_sync_total")
         deadline = time.monotonic() + LONG_POLL_S
+        return (child, deadline, *self._decide(t, child, msg.idle, deadline))
+
+    async def sync_hold(self, t: SupernodeTask, child: int, deadline: float, reply: SyncReply) -> SyncReply:
+        """Wait (long poll) until the core has work for an idle peer or `LONG_POLL_S` passed."""
         while True:
-            event = t.event(child)
-            event.clear()
-            reply = t.decide(child, time.monotonic())
-            if t.error:
-                return _error(502, t.error, kind="origin")
-            left = deadline - time.monotonic()
-            if reply.assign or reply.done or reply.back_to_source or not msg.idle or left <= 0:
-                break
-            try:
-                await asyncio.wait_for(event.wait(), timeout=min(reply.retry_after or left, left))
-            except asyncio.TimeoutError:
-                pass
+            event = t.events.get(child)
+            if event is not None:
+                left = deadline - time.monotonic()
+                try:
+                    await asyncio.wait_for(event.wait(), timeout=min(reply.retry_after or left, left))
+                except asyncio.TimeoutError:
+                    pass
             if child not in t.events:        # dropped meanwhile
-                return _error(409, "peer dropped from the task; register again")
-        self.metrics.inc("dragonfly_scheduler_piece_assigned_total", len(reply.assign))
-        return web.json_response(reply.to_json())
+                raise Refused(409, "peer dropped from the task; register again")
+            reply, final = self._decide(t, child, True, deadline)
+            if final:
+                return reply
+
+    def _decide(self, t: SupernodeTask, child: int, idle: bool, deadline: float) -> tuple[SyncReply, bool]:
+        t.events[child].clear()              # a wake-up from here on is for the next wait
+        now = time.monotonic()
+        reply = t.decide(child, now)
+        if t.error:
+            raise Refused(502, t.error, kind="origin")
+        final = bool(reply.assign or reply.done or reply.back_to_source or not idle or deadline <= now)
+        if final:
+            self.metrics.inc("dragonfly_scheduler_piece_assigned_total", len(reply.assign))
+        return reply, final
 
     async def leave(self, request: web.Request) -> web.Response:
         t, err = self._authorized(request)
@@ -404,6 +435,7 @@ class Supernode:
         app.router.add_post("/v1/register", self.register)
         app.router.add_post("/v1/preheat", self.preheat)
         app.router.add_post("/v1/tasks/{task}/sync", self.sync)
+        app.router.add_get("/v1/tasks/{task}/stream", lambda r: stream.accept(self, r))
         app.router.add_post("/v1/tasks/{task}/leave", self.leave)
         app.router.add_get("/v1/tasks/{task}/pieces/{piece}", piece_handler(
             self._servable, lambda: (self.upload_bucket,),
@@ -411,7 +443,12 @@ class Supernode:
         app.router.add_get("/metrics", self.metrics.handler)
         app.router.add_get("/healthz", lambda r: web.json_response({"ok": True, "id": self.node_id}))
         app.cleanup_ctx.append(self._lifetime)
+        app.on_shutdown.append(self._close_streams)
         return app
+
+    async def _close_streams(self, app: web.Application) -> None:
+        for s in list(self.streams):          # held syncs end now, not at the shutdown timeout
+            s.close()
 
     async def _lifetime(self, app: web.Application):
         # a deep read buffer: the default 64 KiB pauses the socket between small reads

@@ -165,15 +165,18 @@ class SupernodeTask:
 
     def _apply(self, child: int, msg: Sync, now: float) -> None:
         flight = self.inflight[child]
+        index, streak, piece_done = self.index, self.fail_streak, self.scheduler.piece_done   # per result
         for piece, parent_id, nbytes, cost in msg.done:
-            parent = self.index.get(parent_id, -1)
+            parent = index.get(parent_id, -1)
             if flight.get(piece) != parent:
                 continue
             del flight[piece]
-            self.fail_streak[parent] = 0
+            streak[parent] = 0
             if self.assigned_at is not None:
                 self._log_held(child, piece, parent, nbytes, cost, len(flight) + 1, now)
-            self._wake(self.scheduler.piece_done(child, piece, parent, nbytes, cost, now))
+            woken = piece_done(child, piece, parent, nbytes, cost, now)
+            if woken:
+                self._wake(woken)
         for piece, parent_id, corrupt in msg.failed:
             parent = self.index.get(parent_id, -1)
             if flight.get(piece) != parent:
@@ -224,11 +227,13 @@ class SupernodeTask:
         if d.kind == Decision.ASSIGN:
             out = []
             flight = self.inflight[child]
+            ids, addrs, digests, at = self.ids, self.addrs, self.digests, self.assigned_at     # per assignment
             for a in d.assignments:
-                flight[a.piece] = a.parent
-                if self.assigned_at is not None:
-                    self.assigned_at[child, a.piece] = (now, int(self.swarm.uploads[a.parent]), len(flight))
-                out.append(Assign(a.piece, self.ids[a.parent], self.addrs[a.parent], self.digests[a.piece]))
+                piece, parent = a.piece, a.parent
+                flight[piece] = parent
+                if at is not None:
+                    at[child, piece] = (now, int(self.swarm.uploads[parent]), len(flight))
+                out.append(Assign(piece, ids[parent], addrs[parent], digests[piece]))
             self.assigned += len(out)
             return SyncReply(out)
         if d.kind == Decision.DONE:

@@ -99,6 +99,7 @@ async def _supernode(args, host, port, data, factory, piece, cache, upload) -> i
     node = Supernode(data, factory, advertise="", piece_size=piece, cache_high=cache[0], cache_low=cache[1],
                      revalidate_s=args.revalidate_s, policy_poll_s=args.policy_poll_s,
                      min_upload_bps=_rate(args.min_upload_rate, "--min-upload-rate"),
+                     offer_stream=not args.no_sync_stream,
                      config=SchedulerConfig(concurrent_pieces=args.concurrent_pieces))
     if upload:
         set_rate(node.upload_bucket, upload)
@@ -238,6 +239,9 @@ def add_parser(sub) -> None:
     sn.add_argument("--cache-low", default="40GiB", metavar="SIZE", help="GC goes down to this (default 40GiB)")
     sn.add_argument("--revalidate-s", type=float, default=30.0, metavar="SECONDS",
                     help="a cached task is revalidated with the origin when older than this (default 30)")
+    sn.add_argument("--no-sync-stream", action="store_true",
+                    help="do not offer daemons the sync stream: they sync with one HTTP POST each, as with "
+                         "older supernodes (for comparisons and tests)")
     sn.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sn.set_defaults(func=supernode)
 
