@@ -485,6 +485,40 @@ def test_one_freed_slot_wakes_one_child_oldest_first():
     assert sched.piece_failed(a, x.piece, holder) == [b]
 
 
+def test_a_child_left_with_a_free_slot_queues_for_it():
+    """A request that fills one of two free download slots queues the child for the other: a
+    slot freed by any parent fills it, not only the end of one of its own pieces."""
+    cfg = SchedulerConfig(batch_reuse_s=0, concurrent_pieces=2)
+    swarm, sched = make(4, "heuristic:v1", upload_slots=1, config=cfg)
+    p1, p2 = peer(swarm, "p1", "all"), peer(swarm, "p2", "all")
+    other = peer(swarm, "other")
+    busy = sched.request(other, 0.0).assignments
+    assert {a.parent for a in busy} == {p1, p2}          # both uplinks now full
+    p3 = peer(swarm, "p3", "all")
+    child = peer(swarm, "child")
+    (x,) = sched.request(child, 0.0).assignments           # one slot filled, one left
+    assert x.parent == p3
+    freed = next(a for a in busy if a.parent == p1)
+    assert done(sched, other, freed, 1.0) == [child]
+    d = sched.request(child, 1.0)
+    assert d.kind == Decision.ASSIGN and parents(d) == {p1}
+
+
+def test_a_child_with_nothing_in_flight_is_woken_before_one_with_a_piece_in_flight():
+    cfg = SchedulerConfig(batch_reuse_s=0, concurrent_pieces=2)
+    swarm, sched = make(4, "heuristic:v1", upload_slots=1, config=cfg)
+    p1, p2 = peer(swarm, "p1", "all"), peer(swarm, "p2", "all")
+    other = peer(swarm, "other")
+    busy = sched.request(other, 0.0).assignments
+    peer(swarm, "p3", "all")
+    half = peer(swarm, "half")
+    assert len(sched.request(half, 0.0).assignments) == 1   # queued first, one piece running
+    idle = peer(swarm, "idle")
+    assert sched.request(idle, 0.1).kind == Decision.WAIT   # queued later, nothing running
+    freed = next(a for a in busy if a.parent == p1)
+    assert done(sched, other, freed, 1.0) == [idle]
+
+
 # --- batch reuse ------------------------------------------------------------------------------
 
 def test_kept_ranking_serves_the_next_request_with_valid_pairs_then_expires():
