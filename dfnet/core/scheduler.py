@@ -125,9 +125,6 @@ _PIECE_END = COL["piece_distance"] + 1
 _PAIR_FIRST = COL["same_idc"]
 assert _PIECE_END == PARENT_FIRST and _PAIR_FIRST == PARENT_LAST + 1 and N_FEATURES == _PAIR_FIRST + 4
 WAKE_SCAN = 16      # waiting children looked at per freed slot
-_PEER_BITS = 24     # a waiting-queue entry's low bits: the child (up to 16 M peers)
-_PEER_MASK = (1 << _PEER_BITS) - 1
-_HELD_SHIFT = _PEER_BITS + 40   # then the queue arrival number (up to 10^12 waits)
 
 
 @dataclass(slots=True)
@@ -159,15 +156,15 @@ class Scheduler:
         self._rankings: dict[int, _Ranking] = {}
         self._hints: dict[int, int] = {}    # child -> a parent that just became free for it
         self._waits: dict[int, int] = {}    # child -> requests in a row that found nothing
-        # children waiting for a parent, by (pieces held, arrival in the queue), so a freed
-        # slot goes to the child furthest behind; the last host's finish depends on it. An
-        # entry is one int, held << (SEQ + PEER bits) | seq << PEER bits | child: ints compare
-        # several times faster than tuples. The queue is a sorted list of negated entries, so
-        # the next child is its last item: popped once per piece with no comparison, where a
-        # heap's pop compares (and reaches into memory for) about 2 log2(n) entries
-        self._waiting: list[int] = []
-        self._is_waiting: set[int] = set()
-        self._queue_seq = 0
+        # children waiting for a parent, by (pieces held when they queued, arrival in the
+        # queue), so a freed slot goes to the child furthest behind; the last host's finish
+        # depends on it. Kept as one FIFO bucket per held count (`_queue[held]`, children in
+        # arrival order) and the non-empty counts ascending (`_levels`): joining is an append
+        # (a new count, rare, is one insort into a short list), where one sorted list of
+        # (held, arrival, child) keys cost a bisect and a memmove per wait
+        self._queue: dict[int, list[int]] = {}
+        self._levels: list[int] = []
+        self._is_waiting: set[int] = set()      # exactly the children with an entry queued
         self._backoff = [Decision(Decision.WAIT, retry_after=min(config.retry_interval_s * 2 ** k,
                                                                  config.max_backoff_s)) for k in range(17)]
         self._retry = Decision(Decision.WAIT, retry_after=config.retry_interval_s)
@@ -178,7 +175,7 @@ class Scheduler:
         """A verified piece arrived: the parent has a free slot, the child one more piece."""
         sw = self.swarm
         sw.finish_transfer(child, piece, parent, nbytes, cost_s, now)
-        if not self._waiting:
+        if not self._queue:
             return []
         woken = self._wake_for(parent)
         if sw.open_flags[child]:            # else it can serve nobody yet
@@ -202,58 +199,65 @@ class Scheduler:
         handed `parent` as a hint its next request considers, so the freed slot is found
         without a search; children passed over keep their place.
         """
-        waiting = self._waiting
+        queue = self._queue
         sw = self.swarm
-        if not waiting or not sw.open_flags[parent]:
+        if not queue or not sw.open_flags[parent]:
             return []
         idc = sw.idc_list
         home = idc[parent]
         have, run, finished, online = sw.have_bits, sw.run_bits, sw.finished, sw.online_list
-        is_waiting = self._is_waiting
         # a child can use the parent when it neither holds nor runs all of `mask`
         mask = have[parent] if piece is None else 1 << piece
         n_pieces = sw.n_pieces
-        # read the queue in place from its end, the furthest behind first: children passed
-        # over are not moved, and only the entries that leave it are deleted (near its end)
-        gone: list[int] = []        # positions leaving the queue
-        useful: list[int] = []      # positions of children the parent can serve
+        # read the queue in place, the furthest behind first: children passed over are not
+        # moved, and only the entries that leave it are deleted (near their buckets' fronts)
+        gone: list[tuple[int, int]] = []    # (held, position) of entries leaving the queue
+        useful: list[tuple[int, int]] = []  # (held, position) of children the parent can serve
         local = 0
         scanned = 0
-        i = len(waiting)
-        while i and local < n and scanned < WAKE_SCAN:
-            i -= 1
-            child = -waiting[i] & _PEER_MASK
-            if child not in is_waiting:
-                gone.append(i)                  # woken or served since it queued
+        for held in self._levels:
+            j = 0
+            for child in queue[held]:
+                if local >= n or scanned >= WAKE_SCAN:
+                    break
+                if not online[child] or finished[child] == n_pieces:
+                    self._is_waiting.discard(child)
+                    gone.append((held, j))
+                elif child != parent and (have[child] | run[child]) & mask != mask:
+                    scanned += 1
+                    useful.append((held, j))
+                    if idc[child] == home:
+                        local += 1
+                else:
+                    scanned += 1
+                j += 1
+            else:
                 continue
-            if not online[child] or finished[child] == n_pieces:
-                is_waiting.discard(child)
-                gone.append(i)
-                continue
-            scanned += 1
-            if (have[child] | run[child]) & mask != mask and child != parent:
-                useful.append(i)
-                if idc[child] == home:
-                    local += 1
+            break
         out: list[int] = []
         if useful:
             if local < len(useful):
                 # children in the parent's IDC first: a freed slot should not pull traffic
                 # across a scarce inter-IDC link while a neighbour waits; then the furthest
-                # behind (the largest negated entry)
-                useful.sort(key=lambda j: (idc[-waiting[j] & _PEER_MASK] != home, -waiting[j]))
+                # behind (scan order: the sort is stable)
+                useful.sort(key=lambda e: idc[queue[e[0]][e[1]]] != home)
             hints = self._hints
-            for j in useful[:n]:
-                child = -waiting[j] & _PEER_MASK
+            is_waiting = self._is_waiting
+            for e in useful[:n]:
+                child = queue[e[0]][e[1]]
                 is_waiting.discard(child)
                 hints[child] = parent
                 out.append(child)
-                gone.append(j)
+                gone.append(e)
         if gone:
             if len(gone) > 1:
                 gone.sort(reverse=True)         # delete from the end: positions stay valid
-            for j in gone:
-                del waiting[j]
+            for held, j in gone:
+                bucket = queue[held]
+                del bucket[j]
+                if not bucket:
+                    del queue[held]
+                    self._levels.remove(held)
         return out
 
     def _wait(self, child: int) -> Decision:
@@ -261,8 +265,13 @@ class Scheduler:
         is_waiting = self._is_waiting
         if child not in is_waiting:
             is_waiting.add(child)
-            self._queue_seq = seq = self._queue_seq + 1
-            insort(self._waiting, -(self.swarm.finished[child] << _HELD_SHIFT | seq << _PEER_BITS | child))
+            held = self.swarm.finished[child]
+            bucket = self._queue.get(held)
+            if bucket is None:
+                self._queue[held] = [child]
+                insort(self._levels, held)
+            else:
+                bucket.append(child)
         waits = self._waits
         k = waits.get(child, 0)
         waits[child] = k + 1
@@ -277,7 +286,7 @@ class Scheduler:
         want = cfg.concurrent_pieces - len(running)
         if want <= 0:
             return self._retry
-        if running and self._waiting and child not in self._hints and child not in self._is_waiting:
+        if running and self._queue and child not in self._hints and child not in self._is_waiting:
             # parents are scarce and others queue for them already: join the queue rather than
             # search; freed slots go to the queue in order, so the wait is fair and cheap
             return self._wait(child)

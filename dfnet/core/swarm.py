@@ -39,6 +39,7 @@ Rules kept here:
 from __future__ import annotations
 
 import math
+from math import exp
 from bisect import bisect_left, insort
 from dataclasses import dataclass
 
@@ -186,8 +187,9 @@ class Swarm:
         self.pfeat = grow(getattr(self, "pfeat", None), (capacity, N_PARENT_COLS), np.float64, 0.0)
         # the per-piece path writes single cells through memoryviews of the same memory: a
         # memoryview item store costs about a third of numpy's __setitem__, and a piece makes
-        # about a dozen of them
-        self._pf = memoryview(self.pfeat)
+        # about a dozen of them. The view is flat (cell `peer * N_PARENT_COLS + column`): an
+        # int index costs two thirds of a (row, column) tuple's
+        self._pf = memoryview(self.pfeat.reshape(-1))
         self.online = grow(getattr(self, "online", None), (capacity,), np.bool_, False)
         # online and with a free upload slot: the filter every candidate parent passes. Kept
         # as bytes, for the scheduler's scalar loops (much faster to index than numpy), and
@@ -320,10 +322,10 @@ class Swarm:
                 self.avail_bits |= bit
         done = self.finished[peer] + 1
         self.finished[peer] = done
-        pf = self._pf
-        pf[peer, _FINISHED] = done / self.n_pieces
+        row = peer * N_PARENT_COLS
+        self._pf[row + _FINISHED] = done / self.n_pieces
         if done == self.n_pieces:
-            pf[peer, _COMPLETED] = 1.0
+            self._pf[row + _COMPLETED] = 1.0
 
     def is_complete(self, peer: int) -> bool:
         return self.finished[peer] == self.n_pieces
@@ -378,31 +380,59 @@ class Swarm:
     def start_transfer(self, child: int, piece: int, parent: int) -> None:
         self.running[child].add(piece)
         self.run_bits[child] |= 1 << piece
-        self._set_uploads(parent, 1)
+        # one upload more on `parent` (`_set_uploads`, written out: once per piece)
+        n = self._uploads[parent] + 1
+        self._uploads[parent] = n
+        self._up[parent] = n
+        slots = self._slots[parent]
+        row = parent * N_PARENT_COLS
+        pf = self._pf
+        pf[row + _UPLOADS] = n
+        if n < slots:
+            pf[row + _FREE] = 1.0 - n / slots
+        else:
+            if self.open_flags[parent]:
+                self._set_open(parent, False)
+            pf[row + _FREE] = 0.0
         if self.links:
             self._hold_link(parent, child, 1)
 
     def finish_transfer(self, child: int, piece: int, parent: int, nbytes: int, cost_s: float,
                         now: float) -> None:
         """A verified piece arrived at `child` from `parent` after `cost_s` seconds."""
-        self._stop_running(child, piece)
-        self._set_uploads(parent, -1)
+        running = self.running[child]
+        if piece in running:            # `run_bits` has the piece's bit exactly then
+            running.remove(piece)
+            self.run_bits[child] ^= 1 << piece
+        # one upload fewer on `parent` (`_set_uploads`, written out: once per piece)
+        n = self._uploads[parent] - 1
+        self._uploads[parent] = n
+        self._up[parent] = n
+        slots = self._slots[parent]
+        row = parent * N_PARENT_COLS
+        pf = self._pf
+        pf[row + _UPLOADS] = n
+        if n < slots:
+            if not self.open_flags[parent] and self.online_list[parent]:
+                self._set_open(parent, True)
+            pf[row + _FREE] = 1.0 - n / slots
+        else:
+            pf[row + _FREE] = 0.0
         if self.links:
             self._hold_link(parent, child, -1)
         ok = self._served_ok[parent] = self._served_ok[parent] + 1
-        pf = self._pf
-        pf[parent, _SUCCESS] = ok / (ok + self._served_fail[parent])
+        pf[row + _SUCCESS] = ok / (ok + self._served_fail[parent])
         # recent bytes sent, decayed
         s = self._sent[parent]
         dt = now - s[0]
         if dt > 0.0:
             s[0] = now
-            s[1] *= math.exp(-dt / TAU_RATE_S)
-            s[2] *= math.exp(-dt / TAU_MINUTE_S)
+            s[1] *= exp(-dt / TAU_RATE_S)
+            s[2] *= exp(-dt / TAU_MINUTE_S)
         s[1] += nbytes
         s[2] += nbytes
-        pf[parent, _TX] = s[1] / TAU_RATE_S
-        pf[parent, _SENT] = s[2]
+        pf[row + _TX] = s[1] / TAU_RATE_S
+        pf[row + _SENT] = s[2]
         self._record_cost(parent, cost_s * self.task.piece_size / max(nbytes, 1))
         self.no_parent_tries[child] = 0
         self.add_piece(child, piece)
@@ -415,7 +445,7 @@ class Swarm:
             self._hold_link(parent, child, -1)
         self._served_fail[parent] += 1
         ok = self._served_ok[parent]
-        self._pf[parent, _SUCCESS] = ok / (ok + self._served_fail[parent])
+        self._pf[parent * N_PARENT_COLS + _SUCCESS] = ok / (ok + self._served_fail[parent])
         if corrupt or not self.online_list[parent]:
             self.blocklist[child].add(parent)
 
@@ -441,9 +471,9 @@ class Swarm:
             if self.open_flags[parent]:
                 self._set_open(parent, False)
             free = 0.0
-        pf = self._pf
-        pf[parent, _UPLOADS] = n
-        pf[parent, _FREE] = free
+        row = parent * N_PARENT_COLS
+        self._pf[row + _UPLOADS] = n
+        self._pf[row + _FREE] = free
 
     def _set_open(self, peer: int, is_open: bool) -> None:
         if self.open_flags[peer] == is_open:
@@ -477,7 +507,7 @@ class Swarm:
         delta = cost - mean
         mean += delta / n
         c[0], c[1], c[2], c[3] = n, mean, m2 + delta * (cost - mean), cost
-        self._pf[parent, _MEAN_COST] = mean
+        self._pf[parent * N_PARENT_COLS + _MEAN_COST] = mean
 
     # ---- membership ----------------------------------------------------------------------
     def remove_peer(self, peer: int) -> None:
