@@ -147,6 +147,9 @@ class Scheduler:
         self.selector = selector
         self.config = config
         self.keep_features = keep_features
+        # settings the per-request path reads, looked up once (the config is frozen)
+        self._concurrent = config.concurrent_pieces
+        self._reuse_s = config.batch_reuse_s
         rng = random.Random(seed)
         self._rand = rng.random
         # a selector whose score ignores the piece (see `models.interfaces.PieceSelector`) need
@@ -279,11 +282,11 @@ class Scheduler:
 
     def request(self, child: int, now: float) -> Decision:
         """The child has free download slots and asks what to fetch."""
-        sw, cfg = self.swarm, self.config
+        sw = self.swarm
         if sw.finished[child] == sw.n_pieces:
             return _DONE
         running = sw.running[child]
-        want = cfg.concurrent_pieces - len(running)
+        want = self._concurrent - len(running)
         if want <= 0:
             return self._retry
         if running and self._queue and child not in self._hints and child not in self._is_waiting:
@@ -330,8 +333,8 @@ class Scheduler:
         else:
             order = [0]
         self._take(child, order, pieces, parents, x, want, out, kept=False)
-        if order and cfg.batch_reuse_s > 0 and self._usable(order, parents):
-            self._rankings[child] = _Ranking(now + cfg.batch_reuse_s, order, pieces, parents, x)
+        if order and self._reuse_s > 0 and self._usable(order, parents):
+            self._rankings[child] = _Ranking(now + self._reuse_s, order, pieces, parents, x)
         if not out:              # every pair lost its slot to an earlier pick of this batch
             return self._wait(child)
         return Decision(ASSIGN, out, 0.0, n)
@@ -412,7 +415,10 @@ class Scheduler:
                 pieces.extend([piece] * len(found))
             # open parents themselves: the seeds and a random sample of open peers, each with
             # the rarest and a random one of the needed pieces it holds
-            others = sorted({pool[int(rand() * m)] for _ in range(cfg.open_sample)})
+            drawn: set[int] = set()         # a loop: a comprehension is a function call
+            for _ in range(cfg.open_sample):
+                drawn.add(pool[int(rand() * m)])
+            others = sorted(drawn)
             for s in sw.seeds:
                 if open_[s] and s not in others:
                     others.append(s)
@@ -429,7 +435,9 @@ class Scheduler:
         if not offer:
             return
         after = offer >> start
-        drawn = start + (after & -after).bit_length() - 1 if after else (offer & -offer).bit_length() - 1
+        # the lowest set bit's index as (x ^ (x - 1)).bit_length() - 1: `x & -x` builds a
+        # negative long, which costs more
+        drawn = start + (after ^ (after - 1)).bit_length() - 1 if after else (offer ^ (offer - 1)).bit_length() - 1
         if rare == 1:
             best = sw.rarest(offer)
             pieces.append(best)
@@ -490,6 +498,10 @@ class Scheduler:
         sw = self.swarm
         open_ = sw.open_flags
         running = sw.running[child]
+        blocked = sw.blocklist[child]
+        links = sw.links
+        check_bad = kept and sw.n_bad       # starting a transfer flags nobody bad
+        keep = self.keep_features
         have = sw.have_bits[child] if kept else 0
         used = 0
         for used, i in enumerate(order, 1):
@@ -497,11 +509,11 @@ class Scheduler:
             if not open_[parent]:
                 continue        # cheapest and likeliest first: a kept ranking's parent is busy
             piece = pieces[i]
-            if piece in running or (kept and have >> piece & 1) or parent in sw.blocklist[child] \
-                    or (kept and sw.n_bad and sw.bad[parent]) or (sw.links and not sw.link_open(parent, child)):
+            if piece in running or (kept and have >> piece & 1) or (blocked and parent in blocked) \
+                    or (check_bad and sw.bad[parent]) or (links and not sw.link_open(parent, child)):
                 continue
             sw.start_transfer(child, piece, parent)
-            out.append(Assignment(piece, parent, x[i].copy() if self.keep_features else None))
+            out.append(Assignment(piece, parent, x[i].copy() if keep else None))
             if len(out) == want:
                 break
         del order[:used]

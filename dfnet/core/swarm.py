@@ -84,9 +84,10 @@ def bit_indices(bits: int) -> list[int]:
     """The set bits of a bitset (pieces), ascending."""
     out: list[int] = []
     while bits:
-        low = bits & -bits
-        out.append(low.bit_length() - 1)
-        bits ^= low
+        # positive ints only: `bits & -bits` builds a negative long, which costs more
+        rest = bits & (bits - 1)            # the lowest set bit cleared
+        out.append((bits ^ rest).bit_length() - 1)
+        bits = rest
     return out
 
 
@@ -341,17 +342,17 @@ class Swarm:
             best = -1
             best_c = 1 << 62
             while pieces:
-                low = pieces & -pieces
-                p = low.bit_length() - 1
+                rest = pieces & (pieces - 1)    # as in `bit_indices`
+                p = (pieces ^ rest).bit_length() - 1
                 if cnt[p] < best_c:
                     best, best_c = p, cnt[p]
-                pieces ^= low
+                pieces = rest
             return best
         levels = self.levels
         for c in self.filled:
             x = levels[c] & pieces
             if x:
-                return (x & -x).bit_length() - 1
+                return (x ^ (x - 1)).bit_length() - 1
         raise ValueError("none of the pieces is available")
 
     def rarest_few(self, pieces: int, k: int) -> list[int]:
@@ -359,9 +360,9 @@ class Swarm:
         out: list[int] = []
         if pieces.bit_count() <= k:
             while pieces:
-                low = pieces & -pieces
-                out.append(low.bit_length() - 1)
-                pieces ^= low
+                rest = pieces & (pieces - 1)
+                out.append((pieces ^ rest).bit_length() - 1)
+                pieces = rest
             cnt = self.count_list
             out.sort(key=cnt.__getitem__)
             return out
@@ -369,11 +370,11 @@ class Swarm:
         for c in self.filled:
             x = levels[c] & pieces
             while x:
-                low = x & -x
-                out.append(low.bit_length() - 1)
+                rest = x & (x - 1)
+                out.append((x ^ rest).bit_length() - 1)
                 if len(out) == k:
                     return out
-                x ^= low
+                x = rest
         return out
 
     # ---- transfers -----------------------------------------------------------------------
