@@ -334,7 +334,6 @@ class Simulation:
         d = self.sched.request(h.peer, now)
         kind = d.kind
         if kind == ASSIGN:
-            net = self.sc.network
             by_peer = self.by_peer
             for a in d.assignments:
                 parent = by_peer[a.parent]
@@ -345,6 +344,7 @@ class Simulation:
                 # the piece's slot is held, and no byte flows, for its round trips and ramp-up
                 h.starting[t] = parent.starting[t] = None
                 rate = min(h.download_bps, parent.upload_bps)
+                net = self.sc.network
                 self._at(now + net.piece_overhead_s + net.ramp_bytes / rate, self._started, t)
         elif kind == WAIT:
             if not h.retry_pending:

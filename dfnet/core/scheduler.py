@@ -54,10 +54,11 @@ Speed: a request's candidates are a handful of pairs, so the search runs in plai
 the swarm's bitset view (a numpy call costs about a microsecond however small its array);
 numpy is used where it pays, for the feature matrix handed to the selector. The simulator
 calls this a few times per piece transfer, so the hot paths avoid what costs there: decisions
-without assignments are shared instances, waiting-queue entries are single ints (a tuple
-compare costs several times an int compare) in a sorted list read in place (a wake-up
-deletes the entries it takes, near the list's end, and moves none of those it passes over),
-bitset updates avoid negative ints (`x & ~bit` on a long bitset costs twice `x ^ bit`).
+without assignments are shared instances, the waiting queue is one FIFO bucket of children
+per held count (joining it is an append; a wake-up reads it in place, deletes the entries it
+takes and moves none of those it passes over), bitset updates and lowest-bit lookups avoid
+negative ints (`x & ~bit` on a long bitset costs twice `x ^ bit`, `x & -x` 1.5x
+`x ^ (x - 1)`).
 """
 from __future__ import annotations
 
@@ -456,24 +457,31 @@ class Scheduler:
         """The batch's feature matrix, one row per pair, columns as in `FEATURES`.
 
         The parent block is one gather from the swarm's table; the piece, pair and child
-        columns are computed in Python and written as two blocks: a batch has a few rows,
-        and a numpy call per column would cost more than the arithmetic."""
+        columns are computed in Python into one flat list of floats, converted once and
+        written as two blocks: a batch has a few rows, a numpy call per column would cost
+        more than the arithmetic, and numpy converts a flat list of floats several times
+        faster than rows of tuples."""
         sw = self.swarm
         n_pieces = sw.n_pieces
-        x = np.empty((len(pieces), N_FEATURES))
+        n = len(pieces)
+        x = np.empty((n, N_FEATURES))
         x[:, PARENT_FIRST:PARENT_LAST + 1] = sw.pfeat.take(parents, axis=0)
         cnt = sw.count_list
         online = max(sw.online_peers, 1)
         centre = sum(running) / len(running) if running else None
-        x[:, :_PIECE_END] = [(cnt[p], cnt[p] / online, p / n_pieces,
-                              0.0 if centre is None else abs(p - centre) / n_pieces) for p in pieces]
         idc, loc = sw.idc_list, sw.loc_list
         my_idc = idc[child]
         match = sw.location_row(child)
         child_finished = sw.finished[child] / n_pieces
         child_download = sw.peers[child].download_bps
-        x[:, _PAIR_FIRST:] = [(1.0 if idc[q] == my_idc else 0.0, match[loc[q]], child_finished,
-                               child_download) for q in parents]
+        flat: list[float] = []      # per row: the 4 piece columns, then the 4 pair and child ones
+        for p, q in zip(pieces, parents):
+            c = cnt[p]
+            flat += (c, c / online, p / n_pieces, 0.0 if centre is None else abs(p - centre) / n_pieces,
+                     1.0 if idc[q] == my_idc else 0.0, match[loc[q]], child_finished, child_download)
+        rows = np.array(flat, dtype=np.float64).reshape(n, _PIECE_END + N_FEATURES - _PAIR_FIRST)
+        x[:, :_PIECE_END] = rows[:, :_PIECE_END]
+        x[:, _PAIR_FIRST:] = rows[:, _PIECE_END:]
         return x
 
     def _usable(self, order: list[int], parents: list[int]) -> bool:

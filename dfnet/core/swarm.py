@@ -31,7 +31,8 @@ Rules kept here:
   does this parent offer this child, and which of it is rarest"), which on a 1,000-piece task
   cost a few tenths of a microsecond as integer operations against a few microseconds per
   numpy call. The per-piece path writes the arrays' cells through memoryviews of the same
-  memory (`_pf`, `_up`: a third of numpy's item assignment, about a dozen times per piece).
+  memory (`_pf`, flat, and `_up`: a third of numpy's item assignment, about a dozen times
+  per piece).
   Every update writes both views, except where no hot path reads the array:
   `have`, `count` and `available` are built from the bitsets and lists when asked for
   (tests, a peer leaving), so a piece costs no write into a peers x pieces matrix.
