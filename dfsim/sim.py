@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from simpy.core import NORMAL
+from simpy.events import Event
 
 from dfnet.core.scheduler import Decision, Scheduler, SchedulerConfig
 from dfnet.core.swarm import Swarm, bit_indices
@@ -240,8 +242,15 @@ class Simulation:
         return len(self.hosts) - self.finished - self.gone
 
     def _at(self, t: float, fn, *args) -> None:
-        ev = self.env.timeout(max(0.0, t - self.env.now))
+        # what `env.timeout(max(0.0, t - now))` schedules, built without Timeout's checks: a
+        # waiting child's retry costs one of these, a third of a piece's worth of them
+        env = self.env
+        delay = t - env._now
+        ev = Event(env)
+        ev._ok = True
+        ev._value = None
         ev.callbacks.append(lambda _e: fn(*args))
+        env.schedule(ev, NORMAL, delay if delay > 0.0 else 0.0)
 
     def _host_finished(self, h: Node) -> None:
         h.done_at = self.env.now
@@ -325,7 +334,6 @@ class Simulation:
         d = self.sched.request(h.peer, now)
         kind = d.kind
         if kind == ASSIGN:
-            net = self.sc.network
             by_peer = self.by_peer
             for a in d.assignments:
                 parent = by_peer[a.parent]
@@ -336,6 +344,7 @@ class Simulation:
                 # the piece's slot is held, and no byte flows, for its round trips and ramp-up
                 h.starting[t] = parent.starting[t] = None
                 rate = min(h.download_bps, parent.upload_bps)
+                net = self.sc.network
                 self._at(now + net.piece_overhead_s + net.ramp_bytes / rate, self._started, t)
         elif kind == WAIT:
             if not h.retry_pending:

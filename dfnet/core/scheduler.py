@@ -58,10 +58,11 @@ Speed: a request's candidates are a handful of pairs, so the search runs in plai
 the swarm's bitset view (a numpy call costs about a microsecond however small its array);
 numpy is used where it pays, for the feature matrix handed to the selector. The simulator
 calls this a few times per piece transfer, so the hot paths avoid what costs there: decisions
-without assignments are shared instances, waiting-queue entries are single ints (a tuple
-compare costs several times an int compare) in a sorted list read in place (a wake-up
-deletes the entries it takes, near the list's end, and moves none of those it passes over),
-bitset updates avoid negative ints (`x & ~bit` on a long bitset costs twice `x ^ bit`).
+without assignments are shared instances, the waiting queue is one FIFO bucket of children
+per held count (joining it is an append; a wake-up reads it in place, deletes the entries it
+takes and moves none of those it passes over), bitset updates and lowest-bit lookups avoid
+negative ints (`x & ~bit` on a long bitset costs twice `x ^ bit`, `x & -x` 1.5x
+`x ^ (x - 1)`).
 """
 from __future__ import annotations
 
@@ -129,9 +130,6 @@ _PIECE_END = COL["piece_distance"] + 1
 _PAIR_FIRST = COL["same_idc"]
 assert _PIECE_END == PARENT_FIRST and _PAIR_FIRST == PARENT_LAST + 1 and N_FEATURES == _PAIR_FIRST + 4
 WAKE_SCAN = 16      # waiting children looked at per freed slot
-_PEER_BITS = 24     # a waiting-queue entry's low bits: the child (up to 16 M peers)
-_PEER_MASK = (1 << _PEER_BITS) - 1
-_HELD_SHIFT = _PEER_BITS + 40   # then the queue arrival number (up to 10^12 waits)
 
 
 @dataclass(slots=True)
@@ -154,6 +152,9 @@ class Scheduler:
         self.selector = selector
         self.config = config
         self.keep_features = keep_features
+        # settings the per-request path reads, looked up once (the config is frozen)
+        self._concurrent = config.concurrent_pieces
+        self._reuse_s = config.batch_reuse_s
         rng = random.Random(seed)
         self._rand = rng.random
         # a selector whose score ignores the piece (see `models.interfaces.PieceSelector`) need
@@ -163,15 +164,15 @@ class Scheduler:
         self._rankings: dict[int, _Ranking] = {}
         self._hints: dict[int, int] = {}    # child -> a parent that just became free for it
         self._waits: dict[int, int] = {}    # child -> requests in a row that found nothing
-        # children waiting for a parent, by (pieces held or in flight, arrival in the queue), so
-        # a freed slot goes to the child furthest behind; the last host's finish depends on it.
-        # An entry is one int, progress << (SEQ + PEER bits) | seq << PEER bits | child: ints compare
-        # several times faster than tuples. The queue is a sorted list of negated entries, so
-        # the next child is its last item: popped once per piece with no comparison, where a
-        # heap's pop compares (and reaches into memory for) about 2 log2(n) entries
-        self._waiting: list[int] = []
-        self._is_waiting: set[int] = set()
-        self._queue_seq = 0
+        # children waiting for a parent, by (pieces held or in flight when they queued, arrival
+        # in the queue), so a freed slot goes to the child furthest behind; the last host's
+        # finish depends on it. Kept as one FIFO bucket per count (`_queue[held]`, children in
+        # arrival order) and the non-empty counts ascending (`_levels`): joining is an append
+        # (a new count, rare, is one insort into a short list), where one sorted list of
+        # (held, arrival, child) keys cost a bisect and a memmove per wait
+        self._queue: dict[int, list[int]] = {}
+        self._levels: list[int] = []
+        self._is_waiting: set[int] = set()      # exactly the children with an entry queued
         self._backoff = [Decision(Decision.WAIT, retry_after=min(config.retry_interval_s * 2 ** k,
                                                                  config.max_backoff_s)) for k in range(17)]
         self._retry = Decision(Decision.WAIT, retry_after=config.retry_interval_s)
@@ -182,7 +183,7 @@ class Scheduler:
         """A verified piece arrived: the parent has a free slot, the child one more piece."""
         sw = self.swarm
         sw.finish_transfer(child, piece, parent, nbytes, cost_s, now)
-        if not self._waiting:
+        if not self._queue:
             return []
         woken = self._wake_for(parent)
         if sw.open_flags[child]:            # else it can serve nobody yet
@@ -206,58 +207,65 @@ class Scheduler:
         handed `parent` as a hint its next request considers, so the freed slot is found
         without a search; children passed over keep their place.
         """
-        waiting = self._waiting
+        queue = self._queue
         sw = self.swarm
-        if not waiting or not sw.open_flags[parent]:
+        if not queue or not sw.open_flags[parent]:
             return []
         idc = sw.idc_list
         home = idc[parent]
         have, run, finished, online = sw.have_bits, sw.run_bits, sw.finished, sw.online_list
-        is_waiting = self._is_waiting
         # a child can use the parent when it neither holds nor runs all of `mask`
         mask = have[parent] if piece is None else 1 << piece
         n_pieces = sw.n_pieces
-        # read the queue in place from its end, the furthest behind first: children passed
-        # over are not moved, and only the entries that leave it are deleted (near its end)
-        gone: list[int] = []        # positions leaving the queue
-        useful: list[int] = []      # positions of children the parent can serve
+        # read the queue in place, the furthest behind first: children passed over are not
+        # moved, and only the entries that leave it are deleted (near their buckets' fronts)
+        gone: list[tuple[int, int]] = []    # (held, position) of entries leaving the queue
+        useful: list[tuple[int, int]] = []  # (held, position) of children the parent can serve
         local = 0
         scanned = 0
-        i = len(waiting)
-        while i and local < n and scanned < WAKE_SCAN:
-            i -= 1
-            child = -waiting[i] & _PEER_MASK
-            if child not in is_waiting:
-                gone.append(i)                  # woken or served since it queued
+        for held in self._levels:
+            j = 0
+            for child in queue[held]:
+                if local >= n or scanned >= WAKE_SCAN:
+                    break
+                if not online[child] or finished[child] == n_pieces:
+                    self._is_waiting.discard(child)
+                    gone.append((held, j))
+                elif child != parent and (have[child] | run[child]) & mask != mask:
+                    scanned += 1
+                    useful.append((held, j))
+                    if idc[child] == home:
+                        local += 1
+                else:
+                    scanned += 1
+                j += 1
+            else:
                 continue
-            if not online[child] or finished[child] == n_pieces:
-                is_waiting.discard(child)
-                gone.append(i)
-                continue
-            scanned += 1
-            if (have[child] | run[child]) & mask != mask and child != parent:
-                useful.append(i)
-                if idc[child] == home:
-                    local += 1
+            break
         out: list[int] = []
         if useful:
             if local < len(useful):
                 # children in the parent's IDC first: a freed slot should not pull traffic
                 # across a scarce inter-IDC link while a neighbour waits; then the furthest
-                # behind (the largest negated entry)
-                useful.sort(key=lambda j: (idc[-waiting[j] & _PEER_MASK] != home, -waiting[j]))
+                # behind (scan order: the sort is stable)
+                useful.sort(key=lambda e: idc[queue[e[0]][e[1]]] != home)
             hints = self._hints
-            for j in useful[:n]:
-                child = -waiting[j] & _PEER_MASK
+            is_waiting = self._is_waiting
+            for e in useful[:n]:
+                child = queue[e[0]][e[1]]
                 is_waiting.discard(child)
                 hints[child] = parent
                 out.append(child)
-                gone.append(j)
+                gone.append(e)
         if gone:
             if len(gone) > 1:
                 gone.sort(reverse=True)         # delete from the end: positions stay valid
-            for j in gone:
-                del waiting[j]
+            for held, j in gone:
+                bucket = queue[held]
+                del bucket[j]
+                if not bucket:
+                    del queue[held]
+                    self._levels.remove(held)
         return out
 
     def _enqueue(self, child: int) -> None:
@@ -265,10 +273,14 @@ class Scheduler:
         is_waiting = self._is_waiting
         if child not in is_waiting:
             is_waiting.add(child)
-            self._queue_seq = seq = self._queue_seq + 1
             sw = self.swarm
-            key = sw.finished[child] + len(sw.running[child])
-            insort(self._waiting, -(key << _HELD_SHIFT | seq << _PEER_BITS | child))
+            held = sw.finished[child] + len(sw.running[child])
+            bucket = self._queue.get(held)
+            if bucket is None:
+                self._queue[held] = [child]
+                insort(self._levels, held)
+            else:
+                bucket.append(child)
 
     def _partial(self, child: int, out: list[Assignment], candidates: int = 0) -> Decision:
         """Assignments that leave some of the child's download slots free: it queues for them."""
@@ -285,14 +297,14 @@ class Scheduler:
 
     def request(self, child: int, now: float) -> Decision:
         """The child has free download slots and asks what to fetch."""
-        sw, cfg = self.swarm, self.config
+        sw = self.swarm
         if sw.finished[child] == sw.n_pieces:
             return _DONE
         running = sw.running[child]
-        want = cfg.concurrent_pieces - len(running)
+        want = self._concurrent - len(running)
         if want <= 0:
             return self._retry
-        if running and self._waiting and child not in self._hints and child not in self._is_waiting:
+        if running and self._queue and child not in self._hints and child not in self._is_waiting:
             # parents are scarce and others queue for them already: join the queue rather than
             # search; freed slots go to the queue in order, so the wait is fair and cheap
             return self._wait(child)
@@ -335,8 +347,8 @@ class Scheduler:
         else:
             order = [0]
         self._take(child, order, pieces, parents, x, want, out, kept=False)
-        if order and cfg.batch_reuse_s > 0 and self._usable(order, parents):
-            self._rankings[child] = _Ranking(now + cfg.batch_reuse_s, order, pieces, parents, x)
+        if order and self._reuse_s > 0 and self._usable(order, parents):
+            self._rankings[child] = _Ranking(now + self._reuse_s, order, pieces, parents, x)
         if not out:              # every pair lost its slot to an earlier pick of this batch
             return self._wait(child)
         if len(out) < want:
@@ -419,7 +431,10 @@ class Scheduler:
                 pieces.extend([piece] * len(found))
             # open parents themselves: the seeds and a random sample of open peers, each with
             # the rarest and a random one of the needed pieces it holds
-            others = sorted({pool[int(rand() * m)] for _ in range(cfg.open_sample)})
+            drawn: set[int] = set()         # a loop: a comprehension is a function call
+            for _ in range(cfg.open_sample):
+                drawn.add(pool[int(rand() * m)])
+            others = sorted(drawn)
             for s in sw.seeds:
                 if open_[s] and s not in others:
                     others.append(s)
@@ -436,7 +451,9 @@ class Scheduler:
         if not offer:
             return
         after = offer >> start
-        drawn = start + (after & -after).bit_length() - 1 if after else (offer & -offer).bit_length() - 1
+        # the lowest set bit's index as (x ^ (x - 1)).bit_length() - 1: `x & -x` builds a
+        # negative long, which costs more
+        drawn = start + (after ^ (after - 1)).bit_length() - 1 if after else (offer ^ (offer - 1)).bit_length() - 1
         if rare == 1:
             best = sw.rarest(offer)
             pieces.append(best)
@@ -455,24 +472,31 @@ class Scheduler:
         """The batch's feature matrix, one row per pair, columns as in `FEATURES`.
 
         The parent block is one gather from the swarm's table; the piece, pair and child
-        columns are computed in Python and written as two blocks: a batch has a few rows,
-        and a numpy call per column would cost more than the arithmetic."""
+        columns are computed in Python into one flat list of floats, converted once and
+        written as two blocks: a batch has a few rows, a numpy call per column would cost
+        more than the arithmetic, and numpy converts a flat list of floats several times
+        faster than rows of tuples."""
         sw = self.swarm
         n_pieces = sw.n_pieces
-        x = np.empty((len(pieces), N_FEATURES))
+        n = len(pieces)
+        x = np.empty((n, N_FEATURES))
         x[:, PARENT_FIRST:PARENT_LAST + 1] = sw.pfeat.take(parents, axis=0)
         cnt = sw.count_list
         online = max(sw.online_peers, 1)
         centre = sum(running) / len(running) if running else None
-        x[:, :_PIECE_END] = [(cnt[p], cnt[p] / online, p / n_pieces,
-                              0.0 if centre is None else abs(p - centre) / n_pieces) for p in pieces]
         idc, loc = sw.idc_list, sw.loc_list
         my_idc = idc[child]
         match = sw.location_row(child)
         child_finished = sw.finished[child] / n_pieces
         child_download = sw.peers[child].download_bps
-        x[:, _PAIR_FIRST:] = [(1.0 if idc[q] == my_idc else 0.0, match[loc[q]], child_finished,
-                               child_download) for q in parents]
+        flat: list[float] = []      # per row: the 4 piece columns, then the 4 pair and child ones
+        for p, q in zip(pieces, parents):
+            c = cnt[p]
+            flat += (c, c / online, p / n_pieces, 0.0 if centre is None else abs(p - centre) / n_pieces,
+                     1.0 if idc[q] == my_idc else 0.0, match[loc[q]], child_finished, child_download)
+        rows = np.array(flat, dtype=np.float64).reshape(n, _PIECE_END + N_FEATURES - _PAIR_FIRST)
+        x[:, :_PIECE_END] = rows[:, :_PIECE_END]
+        x[:, _PAIR_FIRST:] = rows[:, _PIECE_END:]
         return x
 
     def _usable(self, order: list[int], parents: list[int]) -> bool:
@@ -497,6 +521,10 @@ class Scheduler:
         sw = self.swarm
         open_ = sw.open_flags
         running = sw.running[child]
+        blocked = sw.blocklist[child]
+        links = sw.links
+        check_bad = kept and sw.n_bad       # starting a transfer flags nobody bad
+        keep = self.keep_features
         have = sw.have_bits[child] if kept else 0
         used = 0
         for used, i in enumerate(order, 1):
@@ -504,11 +532,11 @@ class Scheduler:
             if not open_[parent]:
                 continue        # cheapest and likeliest first: a kept ranking's parent is busy
             piece = pieces[i]
-            if piece in running or (kept and have >> piece & 1) or parent in sw.blocklist[child] \
-                    or (kept and sw.n_bad and sw.bad[parent]) or (sw.links and not sw.link_open(parent, child)):
+            if piece in running or (kept and have >> piece & 1) or (blocked and parent in blocked) \
+                    or (check_bad and sw.bad[parent]) or (links and not sw.link_open(parent, child)):
                 continue
             sw.start_transfer(child, piece, parent)
-            out.append(Assignment(piece, parent, x[i].copy() if self.keep_features else None))
+            out.append(Assignment(piece, parent, x[i].copy() if keep else None))
             if len(out) == want:
                 break
         del order[:used]

@@ -31,7 +31,8 @@ Rules kept here:
   does this parent offer this child, and which of it is rarest"), which on a 1,000-piece task
   cost a few tenths of a microsecond as integer operations against a few microseconds per
   numpy call. The per-piece path writes the arrays' cells through memoryviews of the same
-  memory (`_pf`, `_up`: a third of numpy's item assignment, about a dozen times per piece).
+  memory (`_pf`, flat, and `_up`: a third of numpy's item assignment, about a dozen times
+  per piece).
   Every update writes both views, except where no hot path reads the array:
   `have`, `count` and `available` are built from the bitsets and lists when asked for
   (tests, a peer leaving), so a piece costs no write into a peers x pieces matrix.
@@ -39,6 +40,7 @@ Rules kept here:
 from __future__ import annotations
 
 import math
+from math import exp
 from bisect import bisect_left, insort
 from dataclasses import dataclass
 
@@ -83,9 +85,10 @@ def bit_indices(bits: int) -> list[int]:
     """The set bits of a bitset (pieces), ascending."""
     out: list[int] = []
     while bits:
-        low = bits & -bits
-        out.append(low.bit_length() - 1)
-        bits ^= low
+        # positive ints only: `bits & -bits` builds a negative long, which costs more
+        rest = bits & (bits - 1)            # the lowest set bit cleared
+        out.append((bits ^ rest).bit_length() - 1)
+        bits = rest
     return out
 
 
@@ -186,8 +189,9 @@ class Swarm:
         self.pfeat = grow(getattr(self, "pfeat", None), (capacity, N_PARENT_COLS), np.float64, 0.0)
         # the per-piece path writes single cells through memoryviews of the same memory: a
         # memoryview item store costs about a third of numpy's __setitem__, and a piece makes
-        # about a dozen of them
-        self._pf = memoryview(self.pfeat)
+        # about a dozen of them. The view is flat (cell `peer * N_PARENT_COLS + column`): an
+        # int index costs two thirds of a (row, column) tuple's
+        self._pf = memoryview(self.pfeat.reshape(-1))
         self.online = grow(getattr(self, "online", None), (capacity,), np.bool_, False)
         # online and with a free upload slot: the filter every candidate parent passes. Kept
         # as bytes, for the scheduler's scalar loops (much faster to index than numpy), and
@@ -320,10 +324,10 @@ class Swarm:
                 self.avail_bits |= bit
         done = self.finished[peer] + 1
         self.finished[peer] = done
-        pf = self._pf
-        pf[peer, _FINISHED] = done / self.n_pieces
+        row = peer * N_PARENT_COLS
+        self._pf[row + _FINISHED] = done / self.n_pieces
         if done == self.n_pieces:
-            pf[peer, _COMPLETED] = 1.0
+            self._pf[row + _COMPLETED] = 1.0
 
     def is_complete(self, peer: int) -> bool:
         return self.finished[peer] == self.n_pieces
@@ -339,17 +343,17 @@ class Swarm:
             best = -1
             best_c = 1 << 62
             while pieces:
-                low = pieces & -pieces
-                p = low.bit_length() - 1
+                rest = pieces & (pieces - 1)    # as in `bit_indices`
+                p = (pieces ^ rest).bit_length() - 1
                 if cnt[p] < best_c:
                     best, best_c = p, cnt[p]
-                pieces ^= low
+                pieces = rest
             return best
         levels = self.levels
         for c in self.filled:
             x = levels[c] & pieces
             if x:
-                return (x & -x).bit_length() - 1
+                return (x ^ (x - 1)).bit_length() - 1
         raise ValueError("none of the pieces is available")
 
     def rarest_few(self, pieces: int, k: int) -> list[int]:
@@ -357,9 +361,9 @@ class Swarm:
         out: list[int] = []
         if pieces.bit_count() <= k:
             while pieces:
-                low = pieces & -pieces
-                out.append(low.bit_length() - 1)
-                pieces ^= low
+                rest = pieces & (pieces - 1)
+                out.append((pieces ^ rest).bit_length() - 1)
+                pieces = rest
             cnt = self.count_list
             out.sort(key=cnt.__getitem__)
             return out
@@ -367,42 +371,70 @@ class Swarm:
         for c in self.filled:
             x = levels[c] & pieces
             while x:
-                low = x & -x
-                out.append(low.bit_length() - 1)
+                rest = x & (x - 1)
+                out.append((x ^ rest).bit_length() - 1)
                 if len(out) == k:
                     return out
-                x ^= low
+                x = rest
         return out
 
     # ---- transfers -----------------------------------------------------------------------
     def start_transfer(self, child: int, piece: int, parent: int) -> None:
         self.running[child].add(piece)
         self.run_bits[child] |= 1 << piece
-        self._set_uploads(parent, 1)
+        # one upload more on `parent` (`_set_uploads`, written out: once per piece)
+        n = self._uploads[parent] + 1
+        self._uploads[parent] = n
+        self._up[parent] = n
+        slots = self._slots[parent]
+        row = parent * N_PARENT_COLS
+        pf = self._pf
+        pf[row + _UPLOADS] = n
+        if n < slots:
+            pf[row + _FREE] = 1.0 - n / slots
+        else:
+            if self.open_flags[parent]:
+                self._set_open(parent, False)
+            pf[row + _FREE] = 0.0
         if self.links:
             self._hold_link(parent, child, 1)
 
     def finish_transfer(self, child: int, piece: int, parent: int, nbytes: int, cost_s: float,
                         now: float) -> None:
         """A verified piece arrived at `child` from `parent` after `cost_s` seconds."""
-        self._stop_running(child, piece)
-        self._set_uploads(parent, -1)
+        running = self.running[child]
+        if piece in running:            # `run_bits` has the piece's bit exactly then
+            running.remove(piece)
+            self.run_bits[child] ^= 1 << piece
+        # one upload fewer on `parent` (`_set_uploads`, written out: once per piece)
+        n = self._uploads[parent] - 1
+        self._uploads[parent] = n
+        self._up[parent] = n
+        slots = self._slots[parent]
+        row = parent * N_PARENT_COLS
+        pf = self._pf
+        pf[row + _UPLOADS] = n
+        if n < slots:
+            if not self.open_flags[parent] and self.online_list[parent]:
+                self._set_open(parent, True)
+            pf[row + _FREE] = 1.0 - n / slots
+        else:
+            pf[row + _FREE] = 0.0
         if self.links:
             self._hold_link(parent, child, -1)
         ok = self._served_ok[parent] = self._served_ok[parent] + 1
-        pf = self._pf
-        pf[parent, _SUCCESS] = ok / (ok + self._served_fail[parent])
+        pf[row + _SUCCESS] = ok / (ok + self._served_fail[parent])
         # recent bytes sent, decayed
         s = self._sent[parent]
         dt = now - s[0]
         if dt > 0.0:
             s[0] = now
-            s[1] *= math.exp(-dt / TAU_RATE_S)
-            s[2] *= math.exp(-dt / TAU_MINUTE_S)
+            s[1] *= exp(-dt / TAU_RATE_S)
+            s[2] *= exp(-dt / TAU_MINUTE_S)
         s[1] += nbytes
         s[2] += nbytes
-        pf[parent, _TX] = s[1] / TAU_RATE_S
-        pf[parent, _SENT] = s[2]
+        pf[row + _TX] = s[1] / TAU_RATE_S
+        pf[row + _SENT] = s[2]
         self._record_cost(parent, cost_s * self.task.piece_size / max(nbytes, 1))
         self.no_parent_tries[child] = 0
         self.add_piece(child, piece)
@@ -415,7 +447,7 @@ class Swarm:
             self._hold_link(parent, child, -1)
         self._served_fail[parent] += 1
         ok = self._served_ok[parent]
-        self._pf[parent, _SUCCESS] = ok / (ok + self._served_fail[parent])
+        self._pf[parent * N_PARENT_COLS + _SUCCESS] = ok / (ok + self._served_fail[parent])
         if corrupt or not self.online_list[parent]:
             self.blocklist[child].add(parent)
 
@@ -441,9 +473,9 @@ class Swarm:
             if self.open_flags[parent]:
                 self._set_open(parent, False)
             free = 0.0
-        pf = self._pf
-        pf[parent, _UPLOADS] = n
-        pf[parent, _FREE] = free
+        row = parent * N_PARENT_COLS
+        self._pf[row + _UPLOADS] = n
+        self._pf[row + _FREE] = free
 
     def _set_open(self, peer: int, is_open: bool) -> None:
         if self.open_flags[peer] == is_open:
@@ -477,7 +509,7 @@ class Swarm:
         delta = cost - mean
         mean += delta / n
         c[0], c[1], c[2], c[3] = n, mean, m2 + delta * (cost - mean), cost
-        self._pf[parent, _MEAN_COST] = mean
+        self._pf[parent * N_PARENT_COLS + _MEAN_COST] = mean
 
     # ---- membership ----------------------------------------------------------------------
     def remove_peer(self, peer: int) -> None:
