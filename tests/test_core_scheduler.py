@@ -504,6 +504,21 @@ def test_a_child_left_with_a_free_slot_queues_for_it():
     assert d.kind == Decision.ASSIGN and parents(d) == {p1}
 
 
+def test_a_batching_window_does_not_queue_its_spare_slots():
+    """The live daemons' window of 16 has spare slots by design: queueing them would make each
+    freed slot a sync that carries one piece."""
+    cfg = SchedulerConfig(batch_reuse_s=0, concurrent_pieces=16)
+    swarm, sched = make(4, "heuristic:v1", upload_slots=1, config=cfg)
+    p1, p2 = peer(swarm, "p1", "all"), peer(swarm, "p2", "all")
+    other = peer(swarm, "other")
+    busy = sched.request(other, 0.0).assignments
+    peer(swarm, "p3", "all")
+    child = peer(swarm, "child")
+    assert len(sched.request(child, 0.0).assignments) == 1
+    freed = next(a for a in busy if a.parent == p1)
+    assert done(sched, other, freed, 1.0) == []
+
+
 def test_a_child_with_nothing_in_flight_is_woken_before_one_with_a_piece_in_flight():
     cfg = SchedulerConfig(batch_reuse_s=0, concurrent_pieces=2)
     swarm, sched = make(4, "heuristic:v1", upload_slots=1, config=cfg)
