@@ -485,53 +485,49 @@ def test_one_freed_slot_wakes_one_child_oldest_first():
     assert sched.piece_failed(a, x.piece, holder) == [b]
 
 
-def test_a_child_left_with_a_free_slot_queues_for_it():
-    """A request that fills one of two free download slots queues the child for the other: a
-    slot freed by any parent fills it, not only the end of one of its own pieces."""
-    cfg = SchedulerConfig(batch_reuse_s=0, concurrent_pieces=2)
+def spare_slot_swarm(window: int):
+    """Two parents of one slot each, both busy with `other`, and a third one free: a child
+    that asks next gets one piece, whatever its window. Returns (swarm, sched, freeing), where
+    `freeing()` ends `other`'s piece from the first parent and returns whom that woke."""
+    cfg = SchedulerConfig(batch_reuse_s=0, concurrent_pieces=window)
     swarm, sched = make(4, "heuristic:v1", upload_slots=1, config=cfg)
     p1, p2 = peer(swarm, "p1", "all"), peer(swarm, "p2", "all")
     other = peer(swarm, "other")
     busy = sched.request(other, 0.0).assignments
     assert {a.parent for a in busy} == {p1, p2}          # both uplinks now full
-    p3 = peer(swarm, "p3", "all")
+    peer(swarm, "p3", "all")
+    freed = next(a for a in busy if a.parent == p1)
+    return swarm, sched, lambda: done(sched, other, freed, 1.0)
+
+
+def test_a_child_left_with_a_free_slot_queues_for_it():
+    """A request that fills one of two free download slots queues the child for the other: a
+    slot freed by any parent fills it, not only the end of one of its own pieces."""
+    swarm, sched, freeing = spare_slot_swarm(2)
     child = peer(swarm, "child")
     (x,) = sched.request(child, 0.0).assignments           # one slot filled, one left
-    assert x.parent == p3
-    freed = next(a for a in busy if a.parent == p1)
-    assert done(sched, other, freed, 1.0) == [child]
+    assert swarm.peers[x.parent].key == "p3"
+    assert freeing() == [child]
     d = sched.request(child, 1.0)
-    assert d.kind == Decision.ASSIGN and parents(d) == {p1}
+    assert d.kind == Decision.ASSIGN and {swarm.peers[p].key for p in parents(d)} == {"p1"}
 
 
 def test_a_batching_window_does_not_queue_its_spare_slots():
     """The live daemons' window of 16 has spare slots by design: queueing them would make each
     freed slot a sync that carries one piece."""
-    cfg = SchedulerConfig(batch_reuse_s=0, concurrent_pieces=16)
-    swarm, sched = make(4, "heuristic:v1", upload_slots=1, config=cfg)
-    p1, p2 = peer(swarm, "p1", "all"), peer(swarm, "p2", "all")
-    other = peer(swarm, "other")
-    busy = sched.request(other, 0.0).assignments
-    peer(swarm, "p3", "all")
+    swarm, sched, freeing = spare_slot_swarm(16)
     child = peer(swarm, "child")
     assert len(sched.request(child, 0.0).assignments) == 1
-    freed = next(a for a in busy if a.parent == p1)
-    assert done(sched, other, freed, 1.0) == []
+    assert freeing() == []
 
 
 def test_a_child_with_nothing_in_flight_is_woken_before_one_with_a_piece_in_flight():
-    cfg = SchedulerConfig(batch_reuse_s=0, concurrent_pieces=2)
-    swarm, sched = make(4, "heuristic:v1", upload_slots=1, config=cfg)
-    p1, p2 = peer(swarm, "p1", "all"), peer(swarm, "p2", "all")
-    other = peer(swarm, "other")
-    busy = sched.request(other, 0.0).assignments
-    peer(swarm, "p3", "all")
+    swarm, sched, freeing = spare_slot_swarm(2)
     half = peer(swarm, "half")
     assert len(sched.request(half, 0.0).assignments) == 1   # queued first, one piece running
     idle = peer(swarm, "idle")
     assert sched.request(idle, 0.1).kind == Decision.WAIT   # queued later, nothing running
-    freed = next(a for a in busy if a.parent == p1)
-    assert done(sched, other, freed, 1.0) == [idle]
+    assert freeing() == [idle]
 
 
 # --- batch reuse ------------------------------------------------------------------------------
