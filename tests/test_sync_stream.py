@@ -10,6 +10,8 @@ import json
 import socket
 import time
 
+import pytest
+
 from tests.live import nodes
 from tests.test_live import MiB, _metric, _sha, cluster  # noqa: F401  (a fixture)
 
@@ -51,30 +53,19 @@ def _ask(s: socket.socket, body: dict) -> dict:
     return json.loads(line)
 
 
-def test_a_download_syncs_over_the_stream(cluster):
+@pytest.mark.parametrize("extra, streams", [((), 1), (("--no-sync-stream",), 0)],
+                         ids=["stream", "http-when-no-stream-is-offered"])
+def test_a_download_syncs_over_the_stream_or_over_http(cluster, extra, streams):
     url, sha = cluster.file("f.bin", size=32 * MiB)
-    sn = cluster.supernode()
+    sn = cluster.supernode("sn", *extra)       # --no-sync-stream: as an older supernode
     d = cluster.daemon("d0", "--supernode", sn.addr)
     r = nodes.dfget(url, "-O", str(cluster.root / "out.bin"), "--daemon", d.addr)
     assert r.returncode == 0, r.stderr
     assert _sha(cluster.root / "out.bin") == sha
     m = sn.get_text("/metrics")
-    assert _metric(m, "dragonfly_scheduler_sync_stream_total") == 1
+    assert _metric(m, "dragonfly_scheduler_sync_stream_total") == streams
     assert _metric(m, "dragonfly_scheduler_sync_total") >= 2
     assert _metric(m, "dragonfly_scheduler_piece_assigned_total") == 8      # 8 pieces of 4 MiB
-
-
-def test_the_http_sync_still_serves_a_daemon_when_no_stream_is_offered(cluster):
-    url, sha = cluster.file("f.bin", size=32 * MiB)
-    sn = cluster.supernode("sn", "--no-sync-stream")       # as an older supernode
-    d = cluster.daemon("d0", "--supernode", sn.addr)
-    r = nodes.dfget(url, "-O", str(cluster.root / "out.bin"), "--daemon", d.addr)
-    assert r.returncode == 0, r.stderr
-    assert _sha(cluster.root / "out.bin") == sha
-    m = sn.get_text("/metrics")
-    assert _metric(m, "dragonfly_scheduler_sync_stream_total") == 0
-    assert _metric(m, "dragonfly_scheduler_sync_total") >= 2
-    assert _metric(m, "dragonfly_scheduler_piece_assigned_total") == 8
 
 
 def test_a_stream_needs_the_task_token_and_a_registered_peer(cluster):

@@ -45,7 +45,7 @@ Rules kept here, in order, for one request:
    of its free download slots queues for the rest, so a slot freed anywhere can fill them;
    otherwise the spare slot idles until one of its own pieces ends, which at the end of a
    flash crowd leaves uplinks idle while laggards fetch one piece at a time (Fig. 8, 2 Gbps,
-   1,000 hosts: 200 MB 14.37 -> 14.21 s, 50 MB 4.43 -> 4.20 s). This holds while the window
+   1,000 hosts: 200 MB 14.37 -> 14.22 s, 50 MB 4.43 -> 4.20 s). This holds while the window
    (`concurrent_pieces`) is what fills a downlink, at most `SPARE_QUEUE_MAX_WINDOW` pieces
    (the simulator's and the testbed's windows: `fill_concurrency`, at most 4). The live
    daemons' default window of 16 is for batching, so a child nearly always has spare slots;
@@ -292,15 +292,11 @@ class Scheduler:
                 bucket.append(child)
 
     def _partial(self, child: int, out: list[Assignment], candidates: int = 0) -> Decision:
-        """Assignments that leave some of the child's download slots free: it queues for them."""
-        self._enqueue(child)
-        return Decision(ASSIGN, out, 0.0, candidates)
-
-    def _assigned(self, child: int, out: list[Assignment]) -> Decision:
-        """Assignments found before the search, which left slots free (rule 5)."""
+        """Assignments that leave some of the child's download slots free: it queues for them
+        when its window is one that fills a downlink (rule 5)."""
         if self._queue_spare:
             self._enqueue(child)
-        return Decision(ASSIGN, out)
+        return Decision(ASSIGN, out, 0.0, candidates)
 
     def _wait(self, child: int) -> Decision:
         """Queue the child for a wake-up; its own retry backs off, since wake-ups do the work."""
@@ -333,10 +329,10 @@ class Scheduler:
             del self._rankings[child]
         if not sw.open_list:
             # every uplink in the swarm is busy: nothing to search for
-            return self._assigned(child, out) if out else self._no_candidates(child, bool(sw.avail_bits))
+            return self._partial(child, out) if out else self._no_candidates(child, bool(sw.avail_bits))
         pieces, parents, available = self._candidates(child, self._hints.pop(child, -1))
         if not pieces:
-            return self._assigned(child, out) if out else self._no_candidates(child, available)
+            return self._partial(child, out) if out else self._no_candidates(child, available)
         self._waits.pop(child, None)
         self.decisions += 1
         n = len(pieces)
@@ -366,7 +362,7 @@ class Scheduler:
             self._rankings[child] = _Ranking(now + self._reuse_s, order, pieces, parents, x)
         if not out:              # every pair lost its slot to an earlier pick of this batch
             return self._wait(child)
-        if len(out) < want and self._queue_spare:
+        if len(out) < want:
             return self._partial(child, out, n)
         return Decision(ASSIGN, out, 0.0, n)
 
