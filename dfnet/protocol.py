@@ -22,8 +22,11 @@ Messages (JSON bodies; the task token travels in the `X-Dfly-Token` header):
   error) and the connection then carries newline-delimited JSON: each line from the daemon is
   one sync body (its `peer` must be the stream's), each line back is its reply, in order, one
   message at a time. An error is one line `{"error", "status", ...}` (the status the HTTP
-  route would answer) and the supernode closes the stream. A supernode offers the stream with
-  `"stream": true` in its register reply; without it (older supernodes) daemons use the POST.
+  route would answer) and the supernode closes the stream. 404 (unknown task or token) and 409
+  (a peer it does not know: it restarted, or the peer left) mean "register again", on either
+  route. A stream silent for the supernode's idle timeout is closed; the daemon reopens it. A
+  supernode offers the stream with `"stream": true` in its register reply; without it (older
+  supernodes) daemons use the POST.
 - `POST /v1/tasks/{id}/leave`: `{"peer"}`.
 - `GET /v1/tasks/{id}/pieces/{n}` (peer -> peer or supernode): the piece's bytes.
 """

@@ -2,18 +2,26 @@
 
 The supernode offers a long-lived stream per peer and task (`dfnet/supernode/stream.py`);
 daemons use it when offered and sync with HTTP POSTs otherwise. These tests drive it with a
-real daemon and with a raw socket, as a broken or hostile peer would.
+real daemon and with a raw socket, as a broken or hostile peer would, and across the
+supernode's idle close of a stream and its restart (a peer it no longer knows: 409, register
+again).
 """
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
 import socket
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 
+from dfnet.daemon import supernodes
+from dfnet.protocol import SyncReply
 from tests.live import nodes
-from tests.test_live import MiB, _metric, _sha, cluster  # noqa: F401  (a fixture)
+from tests.test_live import MiB, _metric, _recorded_pieces, _sha, cluster  # noqa: F401  (a fixture)
 
 
 def _register(sn: nodes.Node, url: str, peer: str) -> dict:
@@ -72,7 +80,8 @@ def test_a_stream_needs_the_task_token_and_a_registered_peer(cluster):
     url, _ = cluster.file("f.bin", size=8 * MiB)
     sn = cluster.supernode()
     reg = _register(sn, url, "p1")
-    for token, peer, status in (("f" * 32, "p1", 404), ("", "p1", 404), (reg["token"], "nobody", 400)):
+    # an unknown peer is 409 "register again" (as after a supernode restart), not a bad request
+    for token, peer, status in (("f" * 32, "p1", 404), ("", "p1", 404), (reg["token"], "nobody", 409)):
         s, got, rest = _open(sn, reg["task_id"], token, peer)
         with s:
             assert got == status
@@ -177,3 +186,179 @@ def test_a_message_in_parts_is_one_message_and_an_endless_one_is_cut_off(cluster
     with s:
         assert "assign" in _ask(s, {"peer": "p1", "idle": False})
     assert "Traceback" not in sn.logs()
+
+
+def _post_sync(sn: nodes.Node, tid: str, token: str, body: dict) -> tuple[int, dict]:
+    req = urllib.request.Request(f"http://{sn.addr}/v1/tasks/{tid}/sync", data=json.dumps(body).encode(),
+                                 method="POST", headers={"Content-Type": "application/json", "X-Dfly-Token": token})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_a_peer_the_supernode_no_longer_knows_is_told_to_register_again_on_both_routes(cluster):
+    url, _ = cluster.file("f.bin", size=8 * MiB)
+    sn = cluster.supernode()
+    reg = _register(sn, url, "p1")
+    tid, token = reg["task_id"], reg["token"]
+    s, status, rest = _open(sn, tid, token, "p1")
+    with s:
+        assert status == 101
+        # the peer leaves (as a forgotten one): its stream's next message gets one 409 line
+        req = urllib.request.Request(f"http://{sn.addr}/v1/tasks/{tid}/leave", data=b'{"peer": "p1"}',
+                                     method="POST", headers={"X-Dfly-Token": token})
+        urllib.request.urlopen(req, timeout=10).close()
+        s.sendall(b'{"peer": "p1", "idle": false}\n')
+        lines = _lines(s, rest)
+    assert len(lines) == 1, lines
+    err = json.loads(lines[0])
+    assert err["status"] == 409 and "register again" in err["error"], err
+    status, body = _post_sync(sn, tid, token, {"peer": "p1", "idle": False})       # the HTTP route alike
+    assert status == 409 and "register again" in body["error"], body
+    # ... and a daemon registers again on either: TaskGone, not a download error
+    for status in (404, 409):
+        with pytest.raises(supernodes.TaskGone):
+            supernodes._raise_for(status, {"error": "x"})
+    assert "Traceback" not in sn.logs()
+
+
+def test_an_idle_close_crossing_the_next_sync_is_not_a_supernode_failure(cluster):
+    """The supernode closes a silent stream; the daemon's next sync goes out before it has
+    seen the close (its event loop busy meanwhile): the sync is sent again on a new stream."""
+    url, _ = cluster.file("f.bin", size=8 * MiB)
+    sn = cluster.supernode("sn", "--stream-idle-s", "0.2")
+    reg = _register(sn, url, "p1")
+
+    async def main() -> tuple[SyncReply, SyncReply, SyncReply]:
+        s = await supernodes.SyncStream.open(sn.addr, reg["task_id"], reg["token"], "p1")
+        assert s is not None
+        try:
+            first = await s.sync({"peer": "p1", "idle": False})
+            time.sleep(1.0)         # blocks the loop: the supernode's close (after 0.2-0.25 s) is unseen
+            assert not s.reader.at_eof()
+            crossed = await s.sync({"peer": "p1", "idle": False})
+            await asyncio.sleep(1.0)            # the loop sees this close: reopened before sending
+            seen = await s.sync({"peer": "p1", "idle": False})
+            return first, crossed, seen
+        finally:
+            s.close()
+
+    replies = asyncio.run(main())
+    assert all(isinstance(r, SyncReply) for r in replies)
+    assert _metric(sn.get_text("/metrics"), "dragonfly_scheduler_sync_stream_total") == 3
+    assert "Traceback" not in sn.logs()
+
+
+def test_a_stream_idle_past_the_supernodes_timeout_is_reopened_and_the_download_completes(cluster):
+    url, sha = cluster.file("f.bin", size=16 * MiB)
+    # the seed sends at 8 MiB/s (two slots): a sync about every second, the stream closed after 0.3 s
+    sn = cluster.supernode("sn", "--stream-idle-s", "0.3", "--upload-limit", "8M")
+    d = cluster.daemon("d0", "--supernode", sn.addr)
+    out = cluster.root / "out.bin"
+    r = nodes.dfget(url, "-O", str(out), "--daemon", d.addr, "--no-back-source", timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert _sha(out) == sha
+    logs = d.logs()
+    assert "sync stream reopened" in logs
+    assert "supernode unavailable" not in logs and "registering again" not in logs
+    assert _metric(sn.get_text("/metrics"), "dragonfly_scheduler_sync_stream_total") >= 2
+    assert "Traceback" not in sn.logs() + logs
+
+
+@pytest.mark.parametrize("route", ["stream", "http"])
+def test_a_held_sync_cut_by_a_restart_is_sent_again_and_told_to_register_again(cluster, route):
+    """A sync the supernode holds (long poll) when it is killed and restarted on the same port:
+    the daemon's client sends it again to the new process, which does not know the peer, and
+    the answer is "register again" (`TaskGone`), not the supernode failing nor a bad request.
+    The client's event loop is blocked during the restart, so the cut is seen after it, as a
+    daemon busy meanwhile would see it (else its retry could fall in the gap, then fail over)."""
+    url, _ = cluster.file("f.bin", size=8 * MiB)
+    sn = cluster.supernode("sn", "--upload-limit", "4M")          # the seed has one upload slot
+    reg = _register(sn, url, "hog")
+    tid, token = reg["task_id"], reg["token"]
+    assert len(_post_sync(sn, tid, token, {"peer": "hog", "idle": True})[1]["assign"]) == 1     # ... taken
+    _register(sn, url, "p1")
+    restarted = []
+
+    async def main() -> None:
+        import aiohttp
+        async with aiohttp.ClientSession() as session:
+            if route == "stream":
+                s = await supernodes.SyncStream.open(sn.addr, tid, token, "p1")
+                assert s is not None
+                ask = s.sync
+            else:
+                async def ask(body: dict) -> SyncReply:
+                    return await supernodes.sync(session, sn.addr, tid, token, body)
+            held = asyncio.create_task(ask({"peer": "p1", "idle": True}))           # no slot: held
+            await asyncio.sleep(0.5)
+            assert not held.done()
+            sn.kill()                                  # blocking from here: the loop sees nothing
+            restarted.append(nodes.supernode("sn-restarted", cluster.root / "sn", cluster.root / "logs",
+                                             "--listen", sn.addr, "--upload-limit", "4M"))
+            with pytest.raises(supernodes.TaskGone, match="register again"):
+                await held
+            if route == "stream":
+                s.close()
+
+    try:
+        asyncio.run(main())
+        m = restarted[0].get_text("/metrics")
+        assert _metric(m, "dragonfly_scheduler_sync_stream_total") == 0      # refused before the 101
+        assert "Traceback" not in restarted[0].logs()
+    finally:
+        for n in restarted:
+            n.stop()
+
+
+@pytest.mark.parametrize("extra, streams", [((), 1), (("--no-sync-stream",), 0)], ids=["stream", "http"])
+def test_a_supernode_restarted_mid_download_the_daemon_registers_again_and_finishes(cluster, extra, streams):
+    """Kill the supernode mid-download and start it again on the same port and data: the new
+    process knows the task (its cache) but not the peer; the daemon's next sync is refused with
+    409 (the stream's upgrade or error line, or the POST), it registers again and finishes, with
+    no back-to-source allowed. The daemon is stopped (SIGSTOP) for the restart so that its next
+    sync reaches the new process, as a daemon busy with other parents would, not the gap."""
+    url, sha = cluster.file("f.bin", size=24 * MiB)
+    sn = cluster.supernode("sn", "--upload-limit", "8M", *extra)    # 3 s of pieces
+    d = cluster.daemon("d0", "--supernode", sn.addr)
+    out = cluster.root / "out.bin"
+    p = nodes.dfget_start(url, "-O", str(out), "--daemon", d.addr, "--no-back-source")
+    restarted = None
+    try:
+        deadline = time.monotonic() + 30
+        while _recorded_pieces(cluster.root / "d0") < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _recorded_pieces(cluster.root / "d0") < 6, "finished before the restart"
+        d.proc.send_signal(signal.SIGSTOP)
+        try:
+            sn.kill()
+            restarted = nodes.supernode("sn-restarted", cluster.root / "sn", cluster.root / "logs",
+                                        "--listen", sn.addr, "--upload-limit", "8M", *extra)
+        finally:
+            d.proc.send_signal(signal.SIGCONT)
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        assert _sha(out) == sha
+        logs = d.logs()
+        assert "registering again" in logs and "supernode unavailable" not in logs
+        m = restarted.get_text("/metrics")
+        assert _metric(m, "dragonfly_scheduler_register_peer_total") >= 1
+        assert min(_metric(m, "dragonfly_scheduler_sync_stream_total"), 1) == streams
+        assert _metric(m, "dragonfly_scheduler_sync_total") >= 1
+        assert "Traceback" not in restarted.logs() + logs
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+        if restarted is not None:
+            restarted.stop()
+
+
+def test_a_bad_stream_idle_timeout_is_one_usage_line(tmp_path):
+    for value in ("0", "nan"):
+        r = nodes.subprocess_run([nodes.PY, "-m", "experiments.cli", "supernode", "--listen", "127.0.0.1:0",
+                                  "--data", str(tmp_path / "sn"), f"--stream-idle-s={value}"], timeout=30)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.strip() == "dfly: error: --stream-idle-s must be a finite number of seconds > 0"

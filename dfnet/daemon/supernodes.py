@@ -8,13 +8,20 @@ Rules kept here:
 - The list comes from `--supernode` flags, or from the config service (nearest first), asked
   again when every known supernode failed.
 - Syncs go over the supernode's sync stream when it offers one (`SyncStream`), else over HTTP
-  POST; an error on either is the same exception for the same status. A stream the supernode
-  closed while this end was quiet (its idle timeout) is reopened at the next sync; one that
-  fails during an exchange is the supernode failing (`SupernodeUnavailable`, next supernode).
+  POST; an error on either is the same exception for the same status. A sync whose connection
+  ends before any byte of its answer (the supernode's idle close of a stream or a kept-alive
+  connection crossing it, or a restart) is sent once more on a new connection: that is not
+  the supernode failing (a result it applied already is ignored the second time), and a
+  stream it closed while this end was quiet is reopened at the next sync. A sync that times
+  out, gets garbage, cannot connect, or is cut again on the new connection is the supernode
+  failing (`SupernodeUnavailable`, next supernode). 404 / 409 (on the stream's upgrade, as
+  its error line, or as the POST's answer: the supernode no longer knows the task or this
+  peer, e.g. it restarted) is `TaskGone`: the download registers again.
 """
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 from urllib.parse import quote
@@ -41,21 +48,40 @@ class TaskGone(Exception):
 
 
 async def _post(session: aiohttp.ClientSession, url: str, body: dict, timeout: float,
-                token: str | None = None) -> dict:
+                token: str | None = None, again_if_cut: bool = False) -> dict:
+    """POST a JSON body; its answer, or the exception for its error. `again_if_cut`: a request
+    whose connection ended before any of the answer (a kept-alive connection the supernode
+    closed as this went out, a restart) is sent once more on a new connection."""
     headers = {TOKEN_HEADER: token} if token else {}
-    try:
-        async with session.post(url, json=body, headers=headers,
-                                timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=5)) as resp:
-            try:
-                data = await resp.json(content_type=None)
-            except (ValueError, aiohttp.ContentTypeError):
-                data = None
-            status = resp.status
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
-        raise SupernodeUnavailable(f"{type(e).__name__}: {e}") from None
+    for again in (again_if_cut, False):
+        answered = False
+        try:
+            async with session.post(url, json=body, headers=headers,
+                                    timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=5)) as resp:
+                answered = True
+                try:
+                    data = await resp.json(content_type=None)
+                except (ValueError, aiohttp.ContentTypeError):
+                    data = None
+                status = resp.status
+            break
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+            if again and not answered and _cut(e):
+                log.debug("connection to the supernode ended before its answer; sending again",
+                          extra={"fields": {"url": url, "reason": type(e).__name__}})
+                continue
+            raise SupernodeUnavailable(f"{type(e).__name__}: {e}") from None
     if status == 200 and isinstance(data, dict):
         return data
     _raise_for(status, data)
+
+
+def _cut(e: BaseException) -> bool:
+    """The connection ended under a request (closed or reset), as opposed to a timeout,
+    a refused connection or a bad answer."""
+    return isinstance(e, (aiohttp.ServerDisconnectedError, ConnectionResetError, BrokenPipeError,
+                          ConnectionAbortedError)) or \
+        (isinstance(e, aiohttp.ClientOSError) and e.errno in (errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED))
 
 
 def _raise_for(status: int, data: object) -> None:
@@ -81,7 +107,9 @@ async def register(session: aiohttp.ClientSession, addr: str, body: dict) -> Reg
 
 
 async def sync(session: aiohttp.ClientSession, addr: str, task_id: str, token: str, body: dict) -> SyncReply:
-    data = await _post(session, f"http://{addr}/v1/tasks/{task_id}/sync", body, SYNC_TIMEOUT_S, token)
+    # a sync is safe to send twice: the supernode applies a reported result once
+    data = await _post(session, f"http://{addr}/v1/tasks/{task_id}/sync", body, SYNC_TIMEOUT_S, token,
+                       again_if_cut=True)
     try:
         return parse_sync_reply(data)
     except ProtocolError as e:
@@ -145,21 +173,29 @@ class SyncStream:
         return False
 
     async def sync(self, body: dict) -> SyncReply:
+        fresh = False
         if self.writer is None or self.writer.is_closing() or self.reader.at_eof():
-            # closed by the supernode while we were quiet (idle timeout): open it again
-            self.close()
-            if not await self._connect():
-                raise SupernodeUnavailable("sync stream: the supernode stopped offering it")
+            # closed by the supernode while we were quiet (its idle timeout): open it again
+            await self._reopen("closed while idle")
+            fresh = True
+        line = await self._exchange(body)
+        if line is None and not fresh:
+            # The stream ended before any byte of a reply, on a connection opened before this
+            # sync: the supernode's idle close crossed this message (or a restart closed it).
+            # Not the supernode failing: open it again and send the sync once more (a result
+            # the supernode applied already is ignored the second time). A new process that
+            # does not know this peer refuses the reopening with 409: `TaskGone`, register.
+            await self._reopen("closed before the reply")
+            line = await self._exchange(body)
+        if line is None:
+            raise SupernodeUnavailable("sync stream closed by the supernode")
         try:
-            self.writer.write(json.dumps(body, separators=(",", ":")).encode() + b"\n")
-            line = await asyncio.wait_for(self.reader.readline(), SYNC_TIMEOUT_S)
-            data = json.loads(line) if line else None
-        except (OSError, asyncio.TimeoutError, asyncio.LimitOverrunError, ValueError) as e:
-            self.close()
-            raise SupernodeUnavailable(f"sync stream: {type(e).__name__}: {e}") from None
+            data = json.loads(line)
+        except ValueError:
+            data = None
         if not isinstance(data, dict):
             self.close()
-            raise SupernodeUnavailable("sync stream closed by the supernode")
+            raise SupernodeUnavailable("sync stream: the supernode's reply is not a JSON object")
         if "error" in data:
             self.close()
             _raise_for(data.get("status") if isinstance(data.get("status"), int) else 500, data)
@@ -168,6 +204,27 @@ class SyncStream:
         except ProtocolError as e:
             self.close()
             raise SupernodeUnavailable(str(e)) from None
+
+    async def _reopen(self, why: str) -> None:
+        self.close()
+        if not await self._connect():
+            raise SupernodeUnavailable("sync stream: the supernode stopped offering it")
+        log.debug("sync stream reopened", extra={"fields": {"supernode": self.addr, "why": why}})
+
+    async def _exchange(self, body: dict) -> bytes | None:
+        """Send one sync and read its reply line; None if the stream ended before any of it."""
+        try:
+            self.writer.write(json.dumps(body, separators=(",", ":")).encode() + b"\n")
+            line = await asyncio.wait_for(self.reader.readline(), SYNC_TIMEOUT_S)
+        except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError):
+            line = b""
+        except (OSError, asyncio.TimeoutError, ValueError) as e:      # ValueError: a line over MAX_REPLY
+            self.close()
+            raise SupernodeUnavailable(f"sync stream: {type(e).__name__}: {e}") from None
+        if not line:
+            self.close()
+            return None
+        return line
 
     def close(self) -> None:
         if self.writer is not None:

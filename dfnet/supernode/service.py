@@ -71,7 +71,8 @@ class Supernode:
     def __init__(self, data: Path, policy, advertise: str, *, node_id: str = "",
                  piece_size: int | None = None, cache_high: int = 50 << 30, cache_low: int = 40 << 30,
                  revalidate_s: float = 30.0, config: SchedulerConfig = SchedulerConfig(),
-                 policy_poll_s: float = 30.0, min_upload_bps: float | None = None, offer_stream: bool = True):
+                 policy_poll_s: float = 30.0, min_upload_bps: float | None = None, offer_stream: bool = True,
+                 stream_idle_s: float = stream.IDLE_S):
         self.data = Path(data)
         (self.data / "tasks").mkdir(parents=True, exist_ok=True)
         self.policy = policy                      # a models.deploy.PolicyHandle (piece selector)
@@ -84,6 +85,7 @@ class Supernode:
         self.revalidate_s = revalidate_s
         self.config = config
         self.offer_stream = offer_stream                  # register replies offer the sync stream
+        self.stream_idle_s = stream_idle_s                # a silent sync stream is closed after this
         self.streams: set[stream.SyncStream] = set()      # open sync streams, closed on shutdown
         self.tasks: dict[str, SupernodeTask] = {}         # task id -> task
         self.current: dict[str, str] = {}                 # task key -> task id of the version in use

@@ -15,8 +15,11 @@ Rules kept here:
   switch (with the framing, that is what the stream saves over an HTTP request); only an idle
   peer's held sync runs as a task. A closed stream cancels it: the peer's state is left as an
   HTTP client that hung up leaves it (still registered, its transfers still assigned).
-- A stream silent for `IDLE_S` with nothing held is closed (a daemon reopens it when it next
-  syncs); a peer that does not read its replies (`MAX_LINE` unsent) is cut off.
+- A stream silent for the supernode's `stream_idle_s` (`--stream-idle-s`, default `IDLE_S`)
+  since its last message or held reply is closed (a daemon reopens it when it next syncs); a
+  peer that does not read its replies (`MAX_LINE` unsent) is cut off.
+- A peer the task does not know (the supernode restarted, or the peer left) is refused with
+  409 "register again", before the `101` or as the error line, as the HTTP route refuses it.
 """
 from __future__ import annotations
 
@@ -52,6 +55,8 @@ async def accept(node: Supernode, request: web.Request) -> web.StreamResponse:
         t.child_of(peer)
     except ProtocolError as e:
         return _response(Refused(400, str(e)))
+    except Refused as e:                      # a peer it does not know (restarted?): 409, register again
+        return _response(e)
     resp = web.StreamResponse(status=101, headers={"Upgrade": STREAM_UPGRADE, "Connection": "Upgrade"})
     await resp.prepare(request)
     if request.transport is None:             # the peer hung up meanwhile
@@ -86,9 +91,10 @@ class SyncStream:
         self.last = time.monotonic()
 
     async def run(self) -> None:
+        idle = self.node.stream_idle_s
         while not self.closed.done():
-            await asyncio.wait([self.closed], timeout=IDLE_S / 4)
-            if self.held is None and time.monotonic() - self.last > IDLE_S:
+            await asyncio.wait([self.closed], timeout=idle / 4)
+            if self.held is None and time.monotonic() - self.last > idle:
                 self.close()
 
     # ---- aiohttp calls these with the connection's bytes and its end ------------------------
@@ -146,6 +152,7 @@ class SyncStream:
             self.held = None
             return self._refuse(e)
         self.held = None
+        self.last = time.monotonic()               # idle from the reply on, not from the held message
         self._send(reply)
 
     # ---- out -------------------------------------------------------------------------------

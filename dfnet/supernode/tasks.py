@@ -30,7 +30,7 @@ import time
 from dfnet.core.scheduler import Decision, Scheduler, SchedulerConfig
 from dfnet.core.swarm import Swarm
 from dfnet.core.task import Task
-from dfnet.protocol import Assign, PeerInfo, ProtocolError, Sync, SyncReply
+from dfnet.protocol import Assign, PeerInfo, ProtocolError, Refused, Sync, SyncReply
 from dfnet.storage import TaskFiles
 from models.interfaces import PieceSelector
 
@@ -137,7 +137,9 @@ class SupernodeTask:
     def child_of(self, peer_id: str) -> int:
         i = self.index.get(peer_id)
         if i is None or i not in self.inflight:
-            raise ProtocolError(f"peer {peer_id[:80]!r} is not registered for this task")
+            # not a malformed message: a peer this process does not know (it restarted, or
+            # the peer left); 409 tells its daemon to register again, as a dropped peer's hold
+            raise Refused(409, f"peer {peer_id[:80]!r} is not registered for this task; register again")
         return i
 
     # ---- one sync: results in, decision out ------------------------------------------------

@@ -64,6 +64,8 @@ def supernode(args: argparse.Namespace) -> int:
     host, port = _addr(args.listen, "--listen")
     data = _data_dir(args.data)
     _poll(args.policy_poll_s, "--policy-poll-s")
+    if not 0 < args.stream_idle_s < float("inf"):          # also refuses nan
+        raise UsageError("--stream-idle-s must be a finite number of seconds > 0")
     factory = _policy(args.policy, "piece-selector")
     from dfnet.core.units import parse_size
     piece = None
@@ -99,7 +101,7 @@ async def _supernode(args, host, port, data, factory, piece, cache, upload) -> i
     node = Supernode(data, factory, advertise="", piece_size=piece, cache_high=cache[0], cache_low=cache[1],
                      revalidate_s=args.revalidate_s, policy_poll_s=args.policy_poll_s,
                      min_upload_bps=_rate(args.min_upload_rate, "--min-upload-rate"),
-                     offer_stream=not args.no_sync_stream,
+                     offer_stream=not args.no_sync_stream, stream_idle_s=args.stream_idle_s,
                      config=SchedulerConfig(concurrent_pieces=args.concurrent_pieces))
     if upload:
         set_rate(node.upload_bucket, upload)
@@ -242,6 +244,9 @@ def add_parser(sub) -> None:
     sn.add_argument("--no-sync-stream", action="store_true",
                     help="do not offer daemons the sync stream: they sync with one HTTP POST each, as with "
                          "older supernodes (for comparisons and tests)")
+    sn.add_argument("--stream-idle-s", type=float, default=600.0, metavar="SECONDS",
+                    help="a sync stream silent this long (nothing held) is closed; its daemon reopens it "
+                         "at its next sync (default 600)")
     sn.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sn.set_defaults(func=supernode)
 
