@@ -205,6 +205,17 @@ class Network:
         self._detach(f)
         return done
 
+    def shrink(self, f: Flow, nbytes: float) -> None:
+        """Take `nbytes` off the end of a running flow (the end game hands them to another
+        parent); it keeps its rate and ends earlier."""
+        now = self.env._now
+        self._settle(f, now)
+        nbytes = min(nbytes, f.remaining)
+        f.size -= nbytes
+        f.remaining -= nbytes
+        if f.rate:              # else its first rate, at the next flush, times it
+            self._retime(f, f.rate, now)
+
     def set_capacity(self, r: Resource, capacity: float) -> None:
         if capacity != r.capacity:
             r.capacity = capacity
@@ -380,8 +391,9 @@ class Network:
         self._waking = True
         dirty = self._dirty
         while times and times[0] <= due:
-            # callbacks start flows but never re-time one before the flush below, so no entry
-            # joins a bucket while it is being run
+            # callbacks start flows, and re-time one only by `shrink` (the end game); either
+            # way a new entry goes to a bucket of its own (this one has left the calendar),
+            # run by this loop if it is due
             bucket = calendar.pop(heappop(times))
             self._entries -= len(bucket) // 2
             for i in range(0, len(bucket), 2):

@@ -215,6 +215,7 @@ class SchedulerSpec:
     parent_sample: int = 15                # peers sampled as parent candidates (Dragonfly 2: 15)
     min_upload_bps: float | None = None    # slot width; None: mean host download / concurrent_pieces
     link_slots: bool = False               # give each IDC link ceil(capacity / slot width) slots
+    end_game: bool = False                 # freed slots send parts of running pieces (core rule 6)
 
 
 @dataclass(frozen=True, slots=True)
@@ -560,6 +561,7 @@ SECTIONS: dict[str, Section] = {
         "parent_sample": Key(_integer(1), 15),
         "min_upload_rate": Key(_rate, None),
         "link_slots": Key(_boolean, False),
+        "end_game": Key(_boolean, False),
     }, lambda v, p: _build(SchedulerSpec)({**{k: x for k, x in v.items() if k != "min_upload_rate"},
                                            "min_upload_bps": v["min_upload_rate"]}, p)),
 }
@@ -631,6 +633,12 @@ def parse_scenario(data: dict, name_hint: str = "") -> Scenario:
         pairs[pair] = i
 
     scheduler = v["scheduler"]
+    net = v["network"]
+    if scheduler.end_game and (net.piece_overhead_s or net.ramp_bytes):
+        # a part starts flowing at once; splitting a piece still in its start-up is not modelled
+        raise ScenarioError("scheduler.end_game", "needs a network without per-piece start-up "
+                            f"(network profile '{net.profile}' has piece_overhead_s = "
+                            f"{net.piece_overhead_s:g}, ramp = {net.ramp_bytes} bytes)")
     if scheduler.concurrent_pieces == "auto":
         hosts = v["hosts"]
         n = sum(g.count for g in hosts) or 1

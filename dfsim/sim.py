@@ -12,6 +12,10 @@ Rules kept here:
   k, k+S, k+2S, ... with range requests; a failed supernode's unfetched pieces pass to the
   survivors.
 - `mode = "source"`: every host fetches the whole file from the origin in one stream.
+- End game (`scheduler.end_game`, the core's rule 6): a part assignment takes the back half
+  of what is left of the piece's part with the most bytes to go; the piece counts when its
+  last part ends, and a part that fails stops the piece's other parts (it is fetched again
+  whole). A part is a row of its own in the trace, with its bytes.
 - Business traffic and P2P share a NIC: with a P2P limit L and business demand b on a NIC of
   capacity c, P2P gets min(L, c) when both fit, else max(c - b, min(L, c) / 2) (two
   competing aggregates, the fair split when business asks for more than half).
@@ -94,6 +98,8 @@ class Transfer:
     features: np.ndarray | None
     candidates: int
     assigned: float = 0.0           # when the scheduler assigned it: its cost runs from here
+    flow: Flow | None = None        # once bytes flow
+    parts: list | None = None       # a piece sent in parts: every part's Transfer (shared)
 
 
 
@@ -129,6 +135,8 @@ class Simulation:
         self._piece_size = self.task.piece_size
         self._last_piece = self._n_pieces - 1
         self._last_size = self.task.piece_length(self._last_piece) if self._n_pieces else 0
+        self._end_game = scenario.scheduler.end_game
+        self._running: dict[tuple[int, int], Transfer] = {}    # (child, piece) -> its first part
         self._startup = bool(scenario.network.piece_overhead_s or scenario.network.ramp_bytes)
         self._on_piece = self._piece_done
         self.trace = None
@@ -202,6 +210,11 @@ class Simulation:
         for h in self.hosts:
             if h.leave_at is not None:     # leave somewhere inside the download, not after it
                 h.leave_at = h.arrival + h.leave_at * self.lower_bound_s
+
+    def _piece_path(self, parent: Node, child: Node) -> tuple[Resource, ...]:
+        # the common case first: no inter-IDC link to look up
+        return (parent.up, child.down) if parent.idc == child.idc or not self.links else \
+            self._path(parent, child)[0]
 
     def _path(self, src: Node, dst: Node) -> tuple[tuple[Resource, ...], bool]:
         cross = src.idc != dst.idc
@@ -296,7 +309,8 @@ class Simulation:
                 self.swarm.limit_link(b, a, slots)
         self.sched = Scheduler(self.swarm, self.selector,
                                SchedulerConfig(concurrent_pieces=s.concurrent_pieces,
-                                               parents_per_piece=max(1, -(-s.parent_sample // 8))),
+                                               parents_per_piece=max(1, -(-s.parent_sample // 8)),
+                                               end_game=s.end_game),
                                seed=self.seed + 1, keep_features=self.trace is not None)
         self.by_peer: list[Node] = []
         n_seeds = len(self.supernodes)
@@ -338,6 +352,9 @@ class Simulation:
             for a in d.assignments:
                 parent = by_peer[a.parent]
                 t = Transfer(h, parent, a.piece, a.features, d.candidates, now)
+                if a.part:
+                    self._split(t)
+                    continue
                 if not self._startup:
                     self._send(t)
                     continue
@@ -356,6 +373,28 @@ class Simulation:
             h.fetch = bit_indices(sw.full_bits & ~sw.have_bits[h.peer] & ~sw.avail_bits)
             self._fetch_next(h)
 
+    def _split(self, t: Transfer) -> None:
+        """Rule 6: the new parent takes the back half of what is left of the piece's part
+        with the most bytes to go. With nothing left to give, the part ends empty at once."""
+        first = self._running[(t.child.id, t.piece)]
+        parts = first.parts
+        if parts is None:
+            parts = first.parts = [first]
+        now = self.env._now
+        donor = max(parts, key=lambda p: p.flow.remaining - p.flow.rate * (now - p.flow.t))
+        cut = math.floor((donor.flow.remaining - donor.flow.rate * (now - donor.flow.t)) / 2)
+        t.parts = parts
+        parts.append(t)
+        child, parent = t.child, t.parent
+        if cut <= 0:
+            # an empty part (its piece ends this instant): the scheduler lends a piece once,
+            # so this cannot repeat
+            parts.remove(t)
+            self._at(now, lambda: self._wake(self.sched.part_done(child.peer, t.piece, parent.peer, 0, now)))
+            return
+        self.net.shrink(donor.flow, cut)
+        t.flow = self.net.start(self._piece_path(parent, child), cut, self._on_piece, t)
+
     def _started(self, t: Transfer) -> None:
         if t in t.child.starting:               # else an end left during the start-up
             del t.child.starting[t], t.parent.starting[t]
@@ -365,9 +404,10 @@ class Simulation:
         """The piece's bytes start to flow."""
         child, parent = t.child, t.parent
         size = self._piece_size if t.piece != self._last_piece else self._last_size
-        path = (parent.up, child.down) if parent.idc == child.idc or not self.links else \
-            self._path(parent, child)[0]
-        self.net.start(path, size, self._on_piece, t)
+        flow = self.net.start(self._piece_path(parent, child), size, self._on_piece, t)
+        if self._end_game:
+            t.flow = flow
+            self._running[(child.id, t.piece)] = t
 
     def _retry(self, h: Node) -> None:
         h.retry_pending = False
@@ -387,6 +427,14 @@ class Simulation:
         if self.trace is not None:
             self.trace.add(t.assigned, child.id, parent.id, t.piece, int(flow.size), now - t.assigned,
                            cross, "ok", t.candidates, t.features)
+        if self._end_game:
+            parts = t.parts
+            if parts is not None and len(parts) > 1:     # not the piece's last part
+                parts.remove(t)
+                self._wake(self.sched.part_done(child.peer, t.piece, parent.peer, int(flow.size), now))
+                self._pump(child)
+                return
+            del self._running[(child.id, t.piece)]
         wake = self.sched.piece_done(child.peer, t.piece, parent.peer, int(flow.size), now - t.assigned, now)
         self.pieces_done += 1
         if self._bar is not None and self.pieces_done % 1000 == 0:
@@ -480,6 +528,16 @@ class Simulation:
         delivered = self.net.abort(flow)
         tag = flow.tag
         if isinstance(tag, Transfer):
+            if self._end_game:
+                parts = tag.parts
+                if parts is not None:
+                    if tag not in parts:
+                        return                  # stopped already, with another part
+                    parts.remove(tag)
+                    for other in list(parts):   # a piece fails whole: its other parts stop
+                        self._abort(other.flow)
+                if not parts:
+                    self._running.pop((tag.child.id, tag.piece), None)
             if tag.child.idc != tag.parent.idc:
                 self.cross_idc_bytes += delivered
             self._wake(self.sched.piece_failed(tag.child.peer, tag.piece, tag.parent.peer))

@@ -530,6 +530,68 @@ def test_a_child_with_nothing_in_flight_is_woken_before_one_with_a_piece_in_flig
     assert freeing() == [idle]
 
 
+# --- end game (rule 6) ------------------------------------------------------------------------
+
+def end_game_swarm(end_game: bool = True):
+    """A one-piece task, two parents of one slot each; `other` runs the piece from one, `child`
+    (a window of 2) from the other. Returns (swarm, sched, child, x, freeing): `x` is the
+    child's transfer, `freeing()` ends `other`'s and returns whom that woke."""
+    cfg = SchedulerConfig(batch_reuse_s=0, concurrent_pieces=2, end_game=end_game)
+    swarm, sched = make(1, "heuristic:v1", upload_slots=1, config=cfg)
+    p1, p2 = peer(swarm, "p1", "all"), peer(swarm, "p2", "all")
+    other, child = peer(swarm, "other"), peer(swarm, "child")
+    (busy,) = sched.request(other, 0.0).assignments
+    (x,) = sched.request(child, 0.0).assignments            # one slot used, one spare: queued
+    assert swarm.uploads[p1] == swarm.uploads[p2] == 1       # both uplinks full
+    return swarm, sched, child, x, lambda: done(sched, other, busy, 1.0)
+
+
+def test_end_game_lends_a_freed_parent_to_part_of_a_running_piece():
+    """A freed slot that no waiting child can use for a piece of its own sends part of a piece
+    a waiting child runs: the last pieces of a flash crowd no longer run at one parent's rate
+    while freed uplinks idle."""
+    swarm, sched, child, x, freeing = end_game_swarm()
+    assert freeing() == [child]
+    d = sched.request(child, 1.0)
+    (part,) = d.assignments
+    assert d.kind == Decision.ASSIGN and part.part and part.piece == x.piece and part.parent != x.parent
+    assert swarm.uploads[part.parent] == 1                  # the part holds a slot
+    assert sched.request(child, 1.0).kind == Decision.WAIT              # its window is full
+    # the piece counts when its last part ends, whichever that is
+    assert sched.part_done(child, part.piece, part.parent, PS // 2, 1.2) == []
+    assert swarm.uploads[part.parent] == 0 and swarm.finished[child] == 0
+    done(sched, child, x, 1.5)
+    assert swarm.finished[child] == 1 and swarm.is_complete(child)
+    assert swarm.uploads[x.parent] == 0
+
+
+def test_without_end_game_a_freed_slot_nobody_can_use_idles():
+    swarm, sched, child, x, freeing = end_game_swarm(end_game=False)
+    assert freeing() == []
+    assert sched.request(child, 1.0).kind == Decision.WAIT
+
+
+def test_a_piece_is_lent_out_once():
+    """After its part ends, the piece is not split again: an empty part (a piece ending that
+    instant) must not be able to repeat forever."""
+    swarm, sched, child, x, freeing = end_game_swarm()
+    freeing()
+    (part,) = sched.request(child, 1.0).assignments
+    assert sched.part_done(child, part.piece, part.parent, 0, 1.0) == []
+    assert sched.request(child, 1.0).kind == Decision.WAIT
+
+
+def test_a_failed_part_fails_its_piece_and_frees_every_slot():
+    swarm, sched, child, x, freeing = end_game_swarm()
+    freeing()
+    (part,) = sched.request(child, 1.0).assignments
+    sched.piece_failed(child, part.piece, part.parent)      # the shell stops and reports both
+    sched.piece_failed(child, x.piece, x.parent)
+    assert not swarm.running[child] and swarm.uploads[x.parent] == swarm.uploads[part.parent] == 0
+    d = sched.request(child, 2.0)                            # fetched again, whole
+    assert d.kind == Decision.ASSIGN and not any(a.part for a in d.assignments)
+
+
 # --- batch reuse ------------------------------------------------------------------------------
 
 def test_kept_ranking_serves_the_next_request_with_valid_pairs_then_expires():

@@ -186,6 +186,35 @@ def test_abort_frees_the_downlink_for_the_other_parent():
     assert d.bytes == approx(6.0)
 
 
+def test_shrink_hands_the_tail_of_a_flow_to_another_parent():
+    # The end game: child downlink 2, parent a at 1 sends 10 bytes. At t = 2 (2 delivered,
+    # 8 left) 4 bytes move to parent b (uplink 1): both end at t = 6, and every byte counts
+    # once: the child received 10.
+    env, net = setup()
+    done = {}
+    d = net.downlink("child", 2.0)
+    ua, ub = net.uplink("a", 1.0), net.uplink("b", 1.0)
+    a = net.start((ua, d), 10.0, recorder(env, done), "a")
+
+    def split():
+        net.shrink(a, 4.0)
+        net.start((ub, d), 4.0, recorder(env, done), "b")
+    at(env, 2.0, split)
+    env.run()
+    assert done == {"a": approx(6.0), "b": approx(6.0)}
+    assert a.size == approx(6.0) and d.bytes == approx(10.0) and ua.bytes == approx(6.0)
+
+
+def test_shrink_in_the_instant_a_flow_starts():
+    # Before its first rate: the smaller size is timed by the flush.
+    env, net = setup()
+    done = {}
+    f = net.start((net.uplink("u", 1.0), net.downlink("d", 10.0)), 5.0, recorder(env, done), "f")
+    net.shrink(f, 3.0)
+    env.run()
+    assert done == {"f": approx(2.0)}
+
+
 def test_abort_before_the_first_flush():
     # Started and aborted in the same instant: nothing delivered, nothing left behind.
     env, net = setup()

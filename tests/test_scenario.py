@@ -313,6 +313,7 @@ BAD = [
     ("twice declared idc", "idcs", [{"name": "hz"}, {"name": "hz"}], "idcs.1.name", "twice"),
     ("scheduler", "scheduler", {"concurrent_pieces": 0}, "scheduler.concurrent_pieces", ">= 1"),
     ("link slots", "scheduler", {"link_slots": "yes"}, "scheduler.link_slots", "true or false, not 'yes'"),
+    ("end game", "scheduler", {"end_game": "on"}, "scheduler.end_game", "true or false, not 'on'"),
     ("negative overhead", "network", {"piece_overhead_s": -0.1}, "network.piece_overhead_s", ">= 0"),
     ("ramp unit", "network", {"ramp": "64Kb"}, "network.ramp", "is not a size"),
     ("network key", "network", {"rtt": 0.1}, "network", "unknown key 'rtt'"),
@@ -509,3 +510,15 @@ def test_background_base_level():
     assert Background(1.0, 100.0, 5, 1).base_bps == 0.0  # bursts alone exceed the mean
     with pytest.raises(ValueError):
         Background(2.0, 1.0, 5, 20)
+
+
+def test_end_game_on_a_network_with_per_piece_start_up_is_refused():
+    """A part starts flowing at once: a piece still in its start-up cannot be split, so the
+    simulator refuses the pair rather than run something it does not model."""
+    data = minimal()
+    data["scheduler"] = {"end_game": True}
+    assert parse_scenario(copy.deepcopy(data)).scheduler.end_game
+    data["network"] = {"profile": "testbed"}
+    with pytest.raises(ScenarioError) as info:
+        parse_scenario(data)
+    assert info.value.path == "scheduler.end_game" and "per-piece start-up" in str(info.value)

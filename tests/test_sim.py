@@ -352,6 +352,53 @@ def test_link_slots_keep_a_scarce_link_to_useful_transfers():
     assert runs[True]["completion_s"]["max"] <= runs[False]["completion_s"]["max"]
 
 
+def end_game_crowd(on: bool) -> dict:
+    """A flash crowd whose last pieces run at a parent's 100 Mbit/s into 200 Mbit/s children."""
+    d = scenario(n=200, size="20MB", source="2Gbps", supernodes=2)
+    d["scheduler"] = {"end_game": on}
+    return d
+
+
+def test_end_game_shortens_the_tail_and_sends_no_byte_twice(tmp_path):
+    """Freed parents send the back halves of running last pieces (core rule 6): the last host
+    finishes sooner; every host still receives exactly the file, each piece's parts adding
+    up to the piece."""
+    _, off = simulate(end_game_crowd(False))
+    sim, on = simulate(end_game_crowd(True), trace_path=tmp_path / "t.parquet")
+    assert on["finished_hosts"] == 200
+    assert on["completion_s"]["max"] < 0.9 * off["completion_s"]["max"]
+    assert_conserved(sim)
+    assert_not_below_physics(sim, on)
+    assert_finished_hold_everything(sim)
+    size = sim.sc.file.size
+    assert all(math.isclose(h.down.bytes, size, rel_tol=1e-12) for h in sim.hosts)
+    assert all(n == 0 for n in sim.swarm.uploads) and not sim.sched._parts and not sim._running
+    import pandas as pd
+    t = pd.read_parquet(tmp_path / "t.parquet")
+    t = t[(t.child < 200) & (t.outcome == "ok")]
+    per_piece = t.groupby(["child", "piece"]).bytes.agg(["sum", "count"])
+    assert (per_piece["count"] == 2).sum() > 50                     # pieces that came in two parts
+    lengths = np.array([sim.task.piece_length(p) for p in per_piece.index.get_level_values("piece")])
+    assert (per_piece["sum"].to_numpy() == lengths).all()
+
+
+def test_end_game_with_churn_and_a_failing_supernode_is_deterministic():
+    """Parts die with their parents (here dozens do): a failed part stops its piece's other
+    parts and the piece is fetched again whole."""
+    def run():
+        d = end_game_crowd(True)
+        d["supernodes"] = [{"count": 1, "upload": "10Gbps"}, {"count": 1, "upload": "10Gbps", "fail_at_s": 1.0}]
+        d["hosts"][0]["churn"] = {"leave_fraction": 0.3}
+        return simulate(d)
+    sim, a = run()
+    assert a["finished_hosts"] == a["hosts"] - a["left_hosts"] and a["left_hosts"] > 0
+    assert_conserved(sim)
+    assert_finished_hold_everything(sim)
+    assert not sim.sched._parts and not sim._running
+    _, b = run()
+    assert _comparable(a) == _comparable(b)
+
+
 @pytest.mark.parametrize("host_upload, term", [
     ("10Mbps", "volume"),       # sg's own upload is small: 20 x 50 MB over 200 + 100 Mbps
     ("1Gbps", "seeding"),       # sg replicates fast; one copy over a 100 Mbps link is the floor

@@ -182,3 +182,13 @@ def test_the_testbed_simulates_with_its_calibration_unless_the_scenario_says_oth
     assert sc.network.piece_overhead_s == 0 and for_testbed(sc).network == TESTBED_NETWORK
     own = load_scenario(SCENARIO, ["network.piece_overhead_s=0.01"])
     assert for_testbed(own) is own
+
+
+
+def test_the_testbed_runs_without_the_end_game_live_and_simulated():
+    """Live daemons fetch whole pieces, so the simulated twin runs without the end game too,
+    and the plan says so."""
+    from experiments.testbed.calibration import for_testbed
+    sc = load_scenario(SCENARIO, ["scheduler.end_game=true"])
+    assert sc.scheduler.end_game and not for_testbed(sc).scheduler.end_game
+    assert any("end_game" in note for note in make_plan(sc, 1).notes)

@@ -439,6 +439,35 @@ class Swarm:
         self.no_parent_tries[child] = 0
         self.add_piece(child, piece)
 
+    def start_part(self, child: int, piece: int, parent: int) -> None:
+        """`parent` sends part of a piece `child` already runs (the end game): a slot on
+        `parent`, nothing new for the child."""
+        self._set_uploads(parent, 1)
+        if self.links:
+            self._hold_link(parent, child, 1)
+
+    def finish_part(self, child: int, piece: int, parent: int, nbytes: int, now: float) -> None:
+        """A part of a piece arrived; the piece counts when its last part does
+        (`finish_transfer`). The part's bytes count as sent; its cost is not a piece's."""
+        self._set_uploads(parent, -1)
+        if self.links:
+            self._hold_link(parent, child, -1)
+        self._add_sent(parent, nbytes, now)
+
+    def _add_sent(self, parent: int, nbytes: int, now: float) -> None:
+        """Recent bytes sent, decayed (`finish_transfer` writes this out: once per piece)."""
+        s = self._sent[parent]
+        dt = now - s[0]
+        if dt > 0.0:
+            s[0] = now
+            s[1] *= exp(-dt / TAU_RATE_S)
+            s[2] *= exp(-dt / TAU_MINUTE_S)
+        s[1] += nbytes
+        s[2] += nbytes
+        row = parent * N_PARENT_COLS
+        self._pf[row + _TX] = s[1] / TAU_RATE_S
+        self._pf[row + _SENT] = s[2]
+
     def fail_transfer(self, child: int, piece: int, parent: int, *, corrupt: bool = False) -> None:
         """A transfer ended without a good piece; a corrupt piece blocklists its parent."""
         self._stop_running(child, piece)

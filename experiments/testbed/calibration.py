@@ -38,7 +38,10 @@ TESTBED_NETWORK = NETWORK_PROFILES["testbed"]
 
 
 def for_testbed(sc: Scenario) -> Scenario:
-    """`sc` as the testbed's network carries it: its own `[network]` if it has one."""
+    """`sc` as the testbed carries it: its own `[network]` if it has one, and without the
+    end game (`scheduler.end_game`), which live daemons do not run."""
+    if sc.scheduler.end_game:
+        sc = replace(sc, scheduler=replace(sc.scheduler, end_game=False))
     return sc if "network" in sc.raw else replace(sc, network=TESTBED_NETWORK)
 
 

@@ -130,6 +130,8 @@ def make_plan(sc: Scenario, seed: int | None = None) -> Plan:
                      "pairwise capacities are approximate")
     if sc.scheduler.upload_slots is not None or sc.scheduler.parent_sample != 15:
         notes.append("scheduler.upload_slots and parent_sample are simulator knobs; live nodes use their defaults")
+    if sc.scheduler.end_game:
+        notes.append("scheduler.end_game is simulator-only (live daemons fetch whole pieces): live nodes run without it")
 
     # the bounds, computed as the simulator computes them from the same draws
     size = sc.file.size
