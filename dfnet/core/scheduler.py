@@ -636,16 +636,21 @@ class Scheduler:
         check_bad = kept and sw.n_bad       # starting a transfer flags nobody bad
         keep = self.keep_features
         have = sw.have_bits[child] if kept else 0
+        # a fresh ranking with no blocklist, no bad parent and no link limits (the usual case)
+        # needs only the first two checks below: one flag skips the other four per pair
+        more = kept or blocked or check_bad or links
+        start = sw.start_transfer
         used = 0
         for used, i in enumerate(order, 1):
             parent = parents[i]
             if not open_[parent]:
                 continue        # cheapest and likeliest first: a kept ranking's parent is busy
             piece = pieces[i]
-            if piece in running or (kept and have >> piece & 1) or (blocked and parent in blocked) \
-                    or (check_bad and sw.bad[parent]) or (links and not sw.link_open(parent, child)):
+            if piece in running or more and (
+                    (kept and have >> piece & 1) or (blocked and parent in blocked)
+                    or (check_bad and sw.bad[parent]) or (links and not sw.link_open(parent, child))):
                 continue
-            sw.start_transfer(child, piece, parent)
+            start(child, piece, parent)
             out.append(Assignment(piece, parent, x[i].copy() if keep else None))
             if len(out) == want:
                 break

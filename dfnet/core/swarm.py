@@ -133,6 +133,7 @@ class Swarm:
     def __init__(self, task: Task, upload_slots: int, seed_upload_slots: int,
                  min_upload_bps: float = 0.0, capacity: int = 64):
         self.task = task
+        self._piece_size = task.piece_size
         self.min_upload_bps = min_upload_bps
         self.n_pieces = task.n_pieces
         self.full_bits = (1 << self.n_pieces) - 1   # every piece
@@ -309,19 +310,29 @@ class Swarm:
         if self.online_list[peer]:
             c = self.count_list[piece]
             self.count_list[piece] = c + 1
+            # the piece moves from count level c to c + 1. In a big swarm most levels hold one
+            # piece or none, so the usual move empties level c into an empty c + 1: the entry
+            # for c in `filled` becomes c + 1 in place, where a delete and an insort moved the
+            # list's tail twice
             levels = self.levels
             above = levels[c + 1]
             levels[c + 1] = above | bit
-            if not above:
-                insort(self.filled, c + 1)
             if c:
                 left = levels[c] ^ bit
                 levels[c] = left
                 if not left:
                     filled = self.filled
-                    del filled[bisect_left(filled, c)]
+                    i = bisect_left(filled, c)
+                    if above:
+                        del filled[i]
+                    else:
+                        filled[i] = c + 1
+                elif not above:
+                    insort(self.filled, c + 1)
             else:
                 self.avail_bits |= bit
+                if not above:
+                    insort(self.filled, 1)
         done = self.finished[peer] + 1
         self.finished[peer] = done
         row = peer * N_PARENT_COLS
@@ -401,14 +412,20 @@ class Swarm:
 
     def finish_transfer(self, child: int, piece: int, parent: int, nbytes: int, cost_s: float,
                         now: float) -> None:
-        """A verified piece arrived at `child` from `parent` after `cost_s` seconds."""
+        """A verified piece arrived at `child` from `parent` after `cost_s` seconds.
+
+        The supernode and the simulator call this once per piece, so the parent's upload count
+        and cost record (Welford's mean and variance) are updated here, written out, rather
+        than through a call each.
+        """
         running = self.running[child]
         if piece in running:            # `run_bits` has the piece's bit exactly then
             running.remove(piece)
             self.run_bits[child] ^= 1 << piece
-        # one upload fewer on `parent` (`_set_uploads`, written out: once per piece)
-        n = self._uploads[parent] - 1
-        self._uploads[parent] = n
+        # one upload fewer on `parent` (`_set_uploads`, written out)
+        uploads = self._uploads
+        n = uploads[parent] - 1
+        uploads[parent] = n
         self._up[parent] = n
         slots = self._slots[parent]
         row = parent * N_PARENT_COLS
@@ -422,7 +439,8 @@ class Swarm:
             pf[row + _FREE] = 0.0
         if self.links:
             self._hold_link(parent, child, -1)
-        ok = self._served_ok[parent] = self._served_ok[parent] + 1
+        served = self._served_ok
+        ok = served[parent] = served[parent] + 1
         pf[row + _SUCCESS] = ok / (ok + self._served_fail[parent])
         # recent bytes sent, decayed
         s = self._sent[parent]
@@ -435,7 +453,26 @@ class Swarm:
         s[2] += nbytes
         pf[row + _TX] = s[1] / TAU_RATE_S
         pf[row + _SENT] = s[2]
-        self._record_cost(parent, cost_s * self.task.piece_size / max(nbytes, 1))
+        # the parent's piece cost, scaled to a full piece; bad if it is an outlier of its history
+        cost = cost_s * self._piece_size / max(nbytes, 1)
+        c = self._cost[parent]
+        k, mean, m2 = c[0], c[1], c[2]
+        if k >= 2:
+            if k < SHORT_HISTORY:
+                bad = cost > 20.0 * mean
+            else:
+                bad = cost > mean + 3.0 * math.sqrt(m2 / (k - 1))
+        else:
+            bad = False
+        if bad != c[4]:
+            c[4] = bad
+            self.n_bad += 1 if bad else -1
+            self.bad[parent] = bad
+        k += 1
+        delta = cost - mean
+        mean += delta / k
+        c[0], c[1], c[2], c[3] = k, mean, m2 + delta * (cost - mean), cost
+        pf[row + _MEAN_COST] = mean
         self.no_parent_tries[child] = 0
         self.add_piece(child, piece)
 
@@ -519,26 +556,6 @@ class Swarm:
             if last != peer:
                 self.open_list[pos] = last
                 self._open_pos[last] = pos
-
-    def _record_cost(self, parent: int, cost: float) -> None:
-        c = self._cost[parent]
-        n, mean, m2 = c[0], c[1], c[2]
-        if n >= 2:
-            if n < SHORT_HISTORY:
-                bad = cost > 20.0 * mean
-            else:
-                bad = cost > mean + 3.0 * math.sqrt(m2 / (n - 1))
-        else:
-            bad = False
-        if bad != c[4]:
-            c[4] = bad
-            self.n_bad += 1 if bad else -1
-            self.bad[parent] = bad
-        n += 1
-        delta = cost - mean
-        mean += delta / n
-        c[0], c[1], c[2], c[3] = n, mean, m2 + delta * (cost - mean), cost
-        self._pf[parent * N_PARENT_COLS + _MEAN_COST] = mean
 
     # ---- membership ----------------------------------------------------------------------
     def remove_peer(self, peer: int) -> None:

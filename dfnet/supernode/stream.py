@@ -41,6 +41,14 @@ IDLE_S = 600.0           # above a daemon's longest quiet spell (a back-to-sourc
 MAX_LINE = 4 << 20       # as the HTTP route's body limit
 log = logging.getLogger("dfnet.supernode")
 _encode = json.JSONEncoder(separators=(",", ":")).encode      # made once, not per reply as json.dumps(separators=)
+# a line is decoded as UTF-8 and parsed by one decoder made once: `json.loads` on bytes first
+# guesses among UTF-8, -16 and -32, a third of the JSON parse's time (a stream's lines are
+# split at b"\n", so only UTF-8 can reach here anyway)
+_decode = json.JSONDecoder().decode
+# the usual reply, assignments and nothing else, is written out: the bytes `_encode` gives,
+# with each string's JSON form made once per task (`SupernodeTask.json_strings`), in under
+# half its time (11 assignments: 6 us against 14)
+_ASSIGN_END = '],"retry_after":0.0,"back_to_source":false,"done":false}\n'
 
 
 async def accept(node: Supernode, request: web.Request) -> web.StreamResponse:
@@ -125,8 +133,8 @@ class SyncStream:
             return self._fail(400, "sync stream: a message came before the previous reply")
         try:
             try:
-                body = json.loads(line)
-            except ValueError:                     # not JSON, or not UTF-8
+                body = _decode(line.decode())
+            except ValueError:                     # not JSON, or not UTF-8 (UnicodeDecodeError)
                 raise ProtocolError("sync stream: message is not JSON") from None
             msg = parse_sync(body)
             if msg.peer != self.peer:
@@ -157,12 +165,24 @@ class SyncStream:
 
     # ---- out -------------------------------------------------------------------------------
     def _send(self, reply: SyncReply) -> None:
+        if reply.assign and not (reply.retry_after or reply.back_to_source or reply.done):
+            q = self.task.json_strings
+            try:
+                line = '{"assign":[' + ",".join([f"[{piece},{q[parent]},{q[addr]},{q[sha]}]"
+                                                 for piece, parent, addr, sha in reply.assign]) + _ASSIGN_END
+            except TypeError:                  # not a string where one belongs: the encoder says so
+                pass
+            else:
+                return self._write_line(line.encode())
         self._write(reply.to_json())
 
     def _write(self, obj: dict) -> None:
+        self._write_line(_encode(obj).encode() + b"\n")
+
+    def _write_line(self, line: bytes) -> None:
         if self.closed.done():
             return
-        self.transport.write(_encode(obj).encode() + b"\n")
+        self.transport.write(line)
         if self.transport.get_write_buffer_size() > MAX_LINE:
             self.close()
 

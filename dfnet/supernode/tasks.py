@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from json.encoder import encode_basestring_ascii
 
 from dfnet.core.scheduler import Decision, Scheduler, SchedulerConfig
 from dfnet.core.swarm import Swarm
@@ -45,6 +46,17 @@ MIN_UPLOAD_BPS = 4 << 20
 YIELD_S = 0.1
 log = logging.getLogger("dfnet.supernode")
 SOURCE = "source"            # the parent id a peer names for pieces it fetched from the origin
+
+
+class JsonStrings(dict):
+    """A task's strings on the wire (peer ids, addresses, piece digests) -> their JSON form,
+    each quoted once (`json`'s own quoting): the sync stream writes its replies with these,
+    since quoting a 64-character digest cost more than the rest of an assignment's encoding.
+    Bounded by the task's peers and pieces; it goes with the task."""
+
+    def __missing__(self, s: str) -> str:
+        quoted = self[s] = encode_basestring_ascii(s)
+        return quoted
 
 
 class SupernodeTask:
@@ -75,6 +87,7 @@ class SupernodeTask:
         self._owed: dict[int, list[int]] = {}
         self._woken: list[int] | None = None
         self.digests: list[str | None] = list(files.digests)
+        self.json_strings = JsonStrings()
         for piece in range(task.n_pieces):
             if files.have[piece]:
                 self.swarm.add_piece(self.seed, piece)
@@ -147,11 +160,11 @@ class SupernodeTask:
         """Apply a peer's reported results; return its swarm index."""
         child = self.child_of(msg.peer)
         self.last_activity = time.monotonic()
-        self._woken = []
+        woken = self._woken = []
         try:
             self._apply(child, msg, now)
         finally:
-            woken, self._woken = set(self._woken) - {child}, None
+            self._woken = None
         # The core gives a freed slot to the waiting child furthest behind (it wakes it with
         # the slot as a hint), and the simulator lets the woken children ask before the peer
         # that reported. Here the reporter's own decision comes first, in the same request,
@@ -160,21 +173,25 @@ class SupernodeTask:
         # the seed while thirty waited, and fewer peers held pieces to share. So an idle
         # reporter waits (held, as any idle sync) until those children have decided.
         if msg.idle and woken:
-            self.yielding[child] = (woken, now + YIELD_S)
-            for c in woken:
-                self._owed.setdefault(c, []).append(child)
+            woken = set(woken)
+            woken.discard(child)
+            if woken:
+                self.yielding[child] = (woken, now + YIELD_S)
+                for c in woken:
+                    self._owed.setdefault(c, []).append(child)
         return child
 
     def _apply(self, child: int, msg: Sync, now: float) -> None:
         flight = self.inflight[child]
         index, streak, piece_done = self.index, self.fail_streak, self.scheduler.piece_done   # per result
+        at = self.assigned_at
         for piece, parent_id, nbytes, cost in msg.done:
             parent = index.get(parent_id, -1)
             if flight.get(piece) != parent:
                 continue
             del flight[piece]
             streak[parent] = 0
-            if self.assigned_at is not None:
+            if at is not None:
                 self._log_held(child, piece, parent, nbytes, cost, len(flight) + 1, now)
             woken = piece_done(child, piece, parent, nbytes, cost, now)
             if woken:
