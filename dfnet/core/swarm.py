@@ -442,17 +442,7 @@ class Swarm:
         served = self._served_ok
         ok = served[parent] = served[parent] + 1
         pf[row + _SUCCESS] = ok / (ok + self._served_fail[parent])
-        # recent bytes sent, decayed
-        s = self._sent[parent]
-        dt = now - s[0]
-        if dt > 0.0:
-            s[0] = now
-            s[1] *= exp(-dt / TAU_RATE_S)
-            s[2] *= exp(-dt / TAU_MINUTE_S)
-        s[1] += nbytes
-        s[2] += nbytes
-        pf[row + _TX] = s[1] / TAU_RATE_S
-        pf[row + _SENT] = s[2]
+        self._add_sent(parent, nbytes, now)
         # the parent's piece cost, scaled to a full piece; bad if it is an outlier of its history
         cost = cost_s * self._piece_size / max(nbytes, 1)
         c = self._cost[parent]
@@ -492,7 +482,7 @@ class Swarm:
         self._add_sent(parent, nbytes, now)
 
     def _add_sent(self, parent: int, nbytes: int, now: float) -> None:
-        """Recent bytes sent, decayed (`finish_transfer` writes this out: once per piece)."""
+        """Recent bytes sent, decayed: the parent's current rate and its last minute's bytes."""
         s = self._sent[parent]
         dt = now - s[0]
         if dt > 0.0:
