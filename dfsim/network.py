@@ -223,9 +223,13 @@ class Network:
             self._dirty[r] = None
             self._want_flush()
 
+    def left(self, f: Flow) -> float:
+        """Bytes a running flow has still to deliver."""
+        return f.remaining - f.rate * (self.env._now - f.t)
+
     def delivered(self, f: Flow) -> float:
         """Bytes a running flow has delivered so far."""
-        return f.size - (f.remaining - f.rate * (self.env.now - f.t))
+        return f.size - self.left(f)
 
     # ---- internals -------------------------------------------------------------------------
     def _detach(self, f: Flow) -> None:

@@ -13,7 +13,7 @@ Rules kept here:
   survivors.
 - `mode = "source"`: every host fetches the whole file from the origin in one stream.
 - End game (`scheduler.end_game`, the core's rule 6): a part assignment takes the back half
-  of what is left of the piece's part with the most bytes to go; the piece counts when its
+  of what is left of the piece's running transfer; the piece counts when its
   last part ends, and a part that fails stops the piece's other parts (it is fetched again
   whole). A part is a row of its own in the trace, with its bytes.
 - Business traffic and P2P share a NIC: with a P2P limit L and business demand b on a NIC of
@@ -374,25 +374,19 @@ class Simulation:
             self._fetch_next(h)
 
     def _split(self, t: Transfer) -> None:
-        """Rule 6: the new parent takes the back half of what is left of the piece's part
-        with the most bytes to go. With nothing left to give, the part ends empty at once."""
+        """Rule 6: the new parent takes the back half of what is left of the piece's running
+        transfer (its only one: the scheduler lends a piece out once). With nothing left to
+        give, the part ends empty at once."""
         first = self._running[(t.child.id, t.piece)]
-        parts = first.parts
-        if parts is None:
-            parts = first.parts = [first]
-        now = self.env._now
-        donor = max(parts, key=lambda p: p.flow.remaining - p.flow.rate * (now - p.flow.t))
-        cut = math.floor((donor.flow.remaining - donor.flow.rate * (now - donor.flow.t)) / 2)
-        t.parts = parts
-        parts.append(t)
+        cut = math.floor(self.net.left(first.flow) / 2)
         child, parent = t.child, t.parent
         if cut <= 0:
-            # an empty part (its piece ends this instant): the scheduler lends a piece once,
-            # so this cannot repeat
-            parts.remove(t)
+            # an empty part: its piece ends this instant
+            now = self.env._now
             self._at(now, lambda: self._wake(self.sched.part_done(child.peer, t.piece, parent.peer, 0, now)))
             return
-        self.net.shrink(donor.flow, cut)
+        first.parts = t.parts = [first, t]
+        self.net.shrink(first.flow, cut)
         t.flow = self.net.start(self._piece_path(parent, child), cut, self._on_piece, t)
 
     def _started(self, t: Transfer) -> None:

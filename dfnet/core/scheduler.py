@@ -56,7 +56,7 @@ Rules kept here, in order, for one request:
    piece of its own is lent to the furthest-behind waiting child that runs a piece this
    parent holds and has a download slot free: the parent sends part of that piece (an
    `Assignment` with `part` set; the I/O shell cuts off the back half of what is left of
-   the piece's largest running part and asks the new parent for it). The piece counts when
+   the piece's running transfer and asks the new parent for it). The piece counts when
    its last part ends (`part_done` for the others, then `piece_done`). A flash crowd's last
    pieces otherwise run at one parent's rate while freed uplinks idle: with 4 MiB pieces at a
    100 Mbit/s parent that is 0.34 s added to the last host's finish (Fig. 8, 2 Gbps, 1,000
@@ -228,7 +228,7 @@ class Scheduler:
         sw = self.swarm
         sw.finish_transfer(child, piece, parent, nbytes, cost_s, now)
         if self._lent:
-            self._unlend(child, piece)
+            _clear_bit(self._lent, child, piece)
         if not self._queue:
             return []
         woken = self._wake_for(parent)
@@ -241,23 +241,17 @@ class Scheduler:
         shell stops every part and reports each (rule 6)."""
         self.swarm.fail_transfer(child, piece, parent, corrupt=corrupt)
         if self._parts:
-            self._drop_part(child, piece)
+            _clear_bit(self._parts, child, piece)
         if self._lent:
-            self._unlend(child, piece)
+            _clear_bit(self._lent, child, piece)
         return self._wake_for(parent)
 
     def part_done(self, child: int, piece: int, parent: int, nbytes: int, now: float) -> list[int]:
         """One part of a piece sent in parts arrived, not its last (rule 6): the parent's slot
         is free; the piece counts with its last part's `piece_done`."""
         self.swarm.finish_part(child, piece, parent, nbytes, now)
-        self._drop_part(child, piece)
-        return self._wake_for(parent)
-
-    def _unlend(self, child: int, piece: int) -> None:
-        _clear_bit(self._lent, child, piece)
-
-    def _drop_part(self, child: int, piece: int) -> None:
         _clear_bit(self._parts, child, piece)
+        return self._wake_for(parent)
 
     def piece_added(self, peer: int, piece: int) -> list[int]:
         """A seed or a back-to-source peer cut a new piece from the origin."""
@@ -389,9 +383,7 @@ class Scheduler:
         if sw.finished[child] == sw.n_pieces:
             return _DONE
         running = sw.running[child]
-        want = self._concurrent - len(running)
-        if self._parts and child in self._parts:
-            want -= self._parts[child].bit_count()
+        want = self._window_free(child)
         if want <= 0:
             return self._retry
         if self._lend and child in self._lend:
