@@ -45,6 +45,16 @@ async def start(app: web.Application, host: str, port: int) -> tuple[web.AppRunn
     return runner, bound_addr(runner)
 
 
+def hang_up(request: web.Request, resp: web.StreamResponse) -> web.StreamResponse:
+    """End a response whose body cannot be finished (the client left, or the bytes stopped
+    after the headers went out): the connection closes, so the client sees a short body and
+    never one that looks complete. Returned, not raised: aiohttp logs a raised error as a 500
+    with a traceback, and a client hanging up is routine."""
+    if request.transport is not None:
+        request.transport.close()
+    return resp
+
+
 async def wait_for_signal(stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

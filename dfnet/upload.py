@@ -27,6 +27,7 @@ from aiohttp import web
 
 from .core.tokenbucket import TokenBucket
 from .protocol import TOKEN_HEADER
+from .serve import hang_up
 from .storage import StorageError, TaskFiles, check_task_id
 from .throttle import pace
 
@@ -73,24 +74,35 @@ def piece_handler(lookup: Callable[[str], Servable | None], buckets: Callable[[]
         resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
         resp.content_length = n
         await resp.prepare(request)
-        loop = asyncio.get_running_loop()
-        transport = request.transport
-        with open(files.data_path, "rb") as f:
-            sent = 0
-            while sent < n:
-                limits = buckets()
-                k = n - sent if all(math.isinf(b.rate) for b in limits) else min(CHUNK, n - sent)
-                await pace(limits, k)
-                if transport is None or transport.is_closing():
-                    raise ConnectionResetError("peer went away")
-                try:
-                    await loop.sendfile(transport, f, offset + sent, k)
-                except NotImplementedError:
-                    k = min(CHUNK, k)       # a read's memory stays bounded
-                    await resp.write(os.pread(f.fileno(), k, offset + sent))
-                sent += k
-                on_sent(k)
+        try:
+            await _send(request, resp, files.data_path, offset, n, buckets, on_sent)
+        except ConnectionError:
+            # a child that gave up (a cut, a restart, a timeout) is routine: no 500, no traceback
+            log.debug("peer went away mid-piece", extra={"fields": {"piece": piece,
+                                                                    "peer": request.remote}})
+            return hang_up(request, resp)
         await resp.write_eof()
         return resp
 
     return handle
+
+
+async def _send(request: web.Request, resp: web.StreamResponse, path: str, offset: int, n: int,
+                buckets: Callable[[], tuple[TokenBucket, ...]], on_sent: Callable[[int], None]) -> None:
+    loop = asyncio.get_running_loop()
+    transport = request.transport
+    with open(path, "rb") as f:
+        sent = 0
+        while sent < n:
+            limits = buckets()
+            k = n - sent if all(math.isinf(b.rate) for b in limits) else min(CHUNK, n - sent)
+            await pace(limits, k)
+            if transport is None or transport.is_closing():
+                raise ConnectionResetError("peer went away")
+            try:
+                await loop.sendfile(transport, f, offset + sent, k)
+            except NotImplementedError:
+                k = min(CHUNK, k)       # a read's memory stays bounded
+                await resp.write(os.pread(f.fileno(), k, offset + sent))
+            sent += k
+            on_sent(k)

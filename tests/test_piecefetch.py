@@ -43,7 +43,8 @@ def run(coro):
 class Parent:
     """A real upload server holding the whole task; records the client port of each request."""
 
-    def __init__(self, root):
+    def __init__(self, root, rate: float = float("inf")):
+        self.rate = rate
         self.data = random.Random(7).randbytes(LENGTH)
         self.files = TaskFiles.create(root / "parent", TID, {"length": LENGTH, "piece_size": PIECE})
         self.files.write(0, self.data)
@@ -59,7 +60,8 @@ class Parent:
             return await handler(request)
 
         app = web.Application(middlewares=[record])
-        app.router.add_get("/v1/tasks/{task}/pieces/{piece}", piece_handler(self.servable.get, lambda: (bucket(),)))
+        app.router.add_get("/v1/tasks/{task}/pieces/{piece}", piece_handler(self.servable.get, lambda: (self.upload,)))
+        self.upload = bucket(self.rate)
         self.runner, self.addr = await serve.start(app, "127.0.0.1", 0)
         return self
 
@@ -589,3 +591,25 @@ def test_a_window_of_pieces_is_received_at_once_not_queued(tmp_path):
             assert all(body == BODY for body in await asyncio.gather(*jobs))
             pool.close()
     run(main())
+
+
+def test_a_child_that_hangs_up_mid_piece_is_routine_for_the_parent(tmp_path, caplog):
+    """A cut, a restart or a timeout closes a child's socket mid-body: the parent logs no
+    error (no traceback in a supernode's log) and goes on serving."""
+    async def main():
+        async with Parent(tmp_path, rate=2 * MiB) as parent:       # paced: the body goes in chunks
+            host, port = parent.addr.split(":")
+            r, w = await asyncio.open_connection(host, int(port))
+            w.write(f"GET /v1/tasks/{TID}/pieces/0 HTTP/1.1\r\nHost: x\r\nX-Dfly-Token: {TOKEN}\r\n\r\n".encode())
+            await w.drain()
+            got = await r.read(64 * 1024)
+            assert got.startswith(b"HTTP/1.1 200")
+            w.transport.abort()                                        # gone mid-piece
+            await asyncio.sleep(1.5)                                   # the parent's next chunks meet the closed socket
+            parent.upload = bucket()
+            dl = child(tmp_path)
+            await dl._fetch_piece(1, parent.addr, TID, TOKEN, parent.sha(1))
+            assert dl.files.have[1]
+    run(main())
+    errors = [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+    assert not errors, [r.getMessage() for r in errors]

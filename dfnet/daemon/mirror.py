@@ -56,6 +56,7 @@ from multidict import CIMultiDict
 from dfnet.errors import DIGEST_MISMATCH, FILE_IO, GENERIC, DownloadError
 from dfnet.logs import redact_url
 from dfnet.oci import BLOB_PATH
+from dfnet.serve import hang_up
 from dfnet.storage import StorageError, TaskFiles
 
 from .download import Download, Request
@@ -164,13 +165,12 @@ class Mirror:
             return resp
         except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as e:
             if request.transport is None or request.transport.is_closing():
-                raise ConnectionResetError("the client went away") from None     # not our failure
+                return hang_up(request, resp)         # the client went away: not our failure
             # the upstream failed after the headers went out: cut the connection so the
             # client sees the body end early instead of a short body that looks complete
             self.daemon.metrics.inc("dragonfly_dfdaemon_proxy_request_failure_total", type=kind)
             log.warning("pass-through cut", extra={"fields": {"url": redact_url(url), "reason": type(e).__name__}})
-            request.transport.close()
-            raise ConnectionResetError("pass-through cut") from None
+            return hang_up(request, resp)
         finally:
             up.release()
 
@@ -266,17 +266,19 @@ class Mirror:
                     k = min(CHUNK, n - sent)
                     transport = request.transport
                     if transport is None or transport.is_closing():
-                        raise ConnectionResetError("client went away")
+                        return hang_up(request, resp)        # the client went away
                     try:
                         await loop.sendfile(transport, f, start + sent, k)
                     except NotImplementedError:
                         await resp.write(os.pread(f.fileno(), k, start + sent))
                     sent += k
                     self.daemon.metrics.inc("dragonfly_dfdaemon_proxy_request_bytes_total", k, type="p2p")
+        except ConnectionError:
+            return hang_up(request, resp)            # the client went away mid-send
         except OSError as e:
             self.daemon.metrics.inc("dragonfly_dfdaemon_proxy_request_failure_total", type="p2p")
             log.warning("serving a blob failed", extra={"fields": {"reason": e.strerror or type(e).__name__}})
-            raise
+            return hang_up(request, resp)
         await resp.write_eof()
         self.daemon.last_activity = time.monotonic()      # serving keeps an idle-exit daemon up
         return resp
