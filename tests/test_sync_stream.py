@@ -362,3 +362,62 @@ def test_a_bad_stream_idle_timeout_is_one_usage_line(tmp_path):
                                   "--data", str(tmp_path / "sn"), f"--stream-idle-s={value}"], timeout=30)
         assert r.returncode == 2, r.stderr
         assert r.stderr.strip() == "dfly: error: --stream-idle-s must be a finite number of seconds > 0"
+
+
+class Forgetful:
+    """A supernode that registers every peer and forgets the task at every sync (409), as a
+    broken one that restarts or collects the task in a loop would: real HTTP on loopback, in a
+    thread of the test process."""
+
+    def __init__(self, length: int):
+        import threading
+        from aiohttp import web
+        self.registrations = 0
+        self.length = length
+        app = web.Application()
+        app.router.add_post("/v1/register", self._register)
+        app.router.add_post("/v1/tasks/{task}/sync", self._sync)
+        self.loop = asyncio.new_event_loop()
+        self.runner = web.AppRunner(app)
+        self.loop.run_until_complete(self.runner.setup())
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        self.loop.run_until_complete(site.start())
+        self.addr = "127.0.0.1:%d" % site._server.sockets[0].getsockname()[1]
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    async def _register(self, request):
+        from aiohttp import web
+        self.registrations += 1
+        return web.json_response({"task_id": "ab" * 32, "length": self.length, "piece_size": 4 * MiB,
+                                  "token": "t" * 32, "stream": False})
+
+    async def _sync(self, request):
+        from aiohttp import web
+        return web.json_response({"error": "unknown peer: register again"}, status=409)
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+def test_a_supernode_that_keeps_forgetting_the_task_is_given_up_for_the_source(cluster):
+    """Registering again after a restart is routine, but not forever: after FORGOTTEN_LIMIT
+    re-registrations in a row with no piece gained the daemon treats the supernode as down
+    and, with back-to-source allowed, downloads from the origin."""
+    from dfnet.daemon.download import FORGOTTEN_LIMIT
+    url, sha = cluster.file("f.bin", size=8 * MiB)
+    sn = Forgetful(8 * MiB)
+    try:
+        d = cluster.daemon("d0", "--supernode", sn.addr)
+        out = cluster.root / "out.bin"
+        r = nodes.dfget(url, "-O", str(out), "--daemon", d.addr, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert _sha(out) == sha
+        assert sn.registrations == FORGOTTEN_LIMIT + 1
+        logs = d.logs()
+        assert f"forgot the task {FORGOTTEN_LIMIT + 1} times in a row with no piece gained" in logs
+        assert "downloading from the source" in logs and "Traceback" not in logs
+    finally:
+        sn.stop()

@@ -63,6 +63,7 @@ CHUNK = 256 * 1024
 SOURCE_CONCURRENCY = 4
 BATCH_WAIT_S = 0.05
 HELD_S = 1.0            # an idle sync answered after this long was held by the supernode (long poll)
+FORGOTTEN_LIMIT = 3     # re-registrations in a row, with no piece gained, before trying the next supernode
 log = logging.getLogger("dfnet.daemon.download")
 
 
@@ -120,6 +121,7 @@ class Download:
     # ---- with a supernode ----------------------------------------------------------------
     async def _with_supernode(self, addr: str) -> None:
         h = self.host
+        forgotten = 0          # times in a row the supernode forgot the task with no piece gained
         while True:
             body = {"url": self.req.url, "filter": list(self.req.filter), "digest": self.req.digest,
                     "headers": self.req.headers, "peer": h.peer_json()}
@@ -127,12 +129,19 @@ class Download:
                 body["key_by_digest"] = True
             reg = await sn.register(h.session, addr, body)
             self._open(reg.task_id, reg.length, reg.piece_size, reg.token)
+            held = sum(self.files.have)
             try:
                 await self._sync_loop(addr, reg.task_id, reg.token, reg.stream)
                 return
             except sn.TaskGone:
+                # a restart or a GC is routine; a supernode that forgets the task over and
+                # over without us gaining a piece is broken: the next one (or the source) takes over
+                forgotten = forgotten + 1 if sum(self.files.have) == held else 1
+                if forgotten > FORGOTTEN_LIMIT:
+                    raise sn.SupernodeUnavailable(f"it forgot the task {forgotten} times in a row "
+                                                  "with no piece gained") from None
                 log.info("supernode forgot the task; registering again", extra={"fields": {"supernode": addr}})
-                continue
+                await asyncio.sleep(0.1 * forgotten)
 
     def _open(self, tid: str, length: int, piece_size: int, token: str) -> None:
         if self.files is None or self.files.meta["task_id"] != tid:
