@@ -38,13 +38,15 @@ Rules kept here:
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 from heapq import heapify, heappop, heappush
 from operator import attrgetter
 
 import simpy
-from simpy.core import NORMAL, EmptySchedule, StopSimulation
+from simpy.core import NORMAL
+
+from .environment import CountingEnvironment
 
 INF = float("inf")
 SHARE_SLACK = 0.02
@@ -65,7 +67,7 @@ class Resource:
         self.capacity = capacity
         self.flows: dict[Flow, None] = {}    # an ordered set: runs must be deterministic
         self.share = capacity
-        self.n_set = 1            # the flow count `share` was set for
+        self.n_set = 1.0          # the flow count `share` was set for
         self.bytes = 0.0          # bytes delivered through this resource by finished flows
         # a downlink: whether its last fill was cut by its capacity (a flow got less than its
         # cap), and whether the next flush must fill it again (see `Network._flush`)
@@ -79,7 +81,7 @@ class Flow:
     __slots__ = ("path", "size", "remaining", "rate", "t", "version", "on_done", "started", "tag", "cap")
 
     def __init__(self, path: tuple[Resource, ...], size: float, on_done: Callable[["Flow"], None],
-                 now: float, tag: object):
+                 now: float, tag: Any):
         self.path = path
         self.size = size
         self.remaining = float(size)
@@ -90,57 +92,6 @@ class Flow:
         self.started = now
         self.tag = tag
         self.cap = 0.0            # the smallest sender-side share along the path
-
-
-class CountingEnvironment(simpy.Environment):
-    """A SimPy environment that counts the events it schedules (the summary's `events`), and
-    that drives a `Network`'s completions itself.
-
-    Flow completions are most of a run's events. Rather than a SimPy timeout per completion
-    time, `step` compares the network's earliest completion with SimPy's next event and runs
-    whichever is first (SimPy's on a tie), so completions cost no SimPy event at all.
-    """
-
-    def __init__(self, initial_time: float = 0):
-        super().__init__(initial_time)
-        self.events_scheduled = 0
-        self._net: Network | None = None
-
-    # `schedule` and `step` are SimPy's own, written out here (simpy 4.1): a run steps a few
-    # times per piece, and the calls up to the base class cost as much as the work
-    def schedule(self, event, priority=NORMAL, delay=0):
-        self.events_scheduled += 1
-        heappush(self._queue, (self._now + delay, priority, next(self._eid), event))
-
-    def drive(self, net: "Network") -> None:
-        self._net = net
-
-    def step(self) -> None:
-        net = self._net
-        queue = self._queue
-        if net is not None and net._times:
-            t = net.next_completion()
-            if t < (queue[0][0] if queue else INF):
-                self._now = t
-                net._wake(None)
-                return
-        try:
-            self._now, _, _, event = heappop(queue)
-        except IndexError:
-            raise EmptySchedule from None
-        callbacks, event.callbacks = event.callbacks, None
-        try:
-            for callback in callbacks:
-                callback(event)
-        except StopSimulation:
-            # as SimPy: the rest of the callbacks run when the simulation resumes
-            event.callbacks = callbacks[callbacks.index(callback) + 1:]
-            self.schedule(event, -1)
-            raise
-        if not event._ok and not hasattr(event, "_defused"):
-            exc = type(event._value)(*event._value.args)
-            exc.__cause__ = event._value
-            raise exc
 
 
 class Network:
@@ -177,7 +128,7 @@ class Network:
 
     # ---- flows -----------------------------------------------------------------------------
     def start(self, path: tuple[Resource, ...], size: float, on_done: Callable[[Flow], None],
-              tag: object = None) -> Flow:
+              tag: Any = None) -> Flow:
         """Start a transfer now; `on_done(flow)` is called when its last byte arrives."""
         # `_now` rather than SimPy's `now` property: a call saved on every piece
         f = Flow(path, size, on_done, self.env._now, tag)

@@ -25,6 +25,7 @@ Rules kept here:
 from __future__ import annotations
 
 import math
+import os
 import resource as _resource
 import sys
 import time
@@ -40,7 +41,8 @@ from dfnet.core.task import Task
 from models.interfaces import HostLoad, PieceSelector, RateController
 from models.loader import resolve_upload_slots
 
-from .network import CountingEnvironment, Flow, Network, Resource
+from .environment import CountingEnvironment
+from .network import Flow, Network, Resource
 from .physics import IdcSide, client_server_s, p2p_lower_bound_s, piece_bound_s
 from .scenario import Scenario
 from .trace import TraceWriter
@@ -111,9 +113,10 @@ def slot_width(spec, host_downloads: list[float]) -> float:
         return spec.min_upload_bps
     return float(np.mean(host_downloads)) / spec.concurrent_pieces if host_downloads else 0.0
 
+
 class Simulation:
     def __init__(self, scenario: Scenario, selector: PieceSelector, rate_controller: RateController,
-                 seed: int | None = None, trace_path: str | None = None, progress: bool = False):
+                 seed: int | None = None, trace_path: str | os.PathLike | None = None, progress: bool = False):
         self.sc = scenario
         self.selector = selector
         self.rates = rate_controller
@@ -178,16 +181,16 @@ class Simulation:
         self.supernodes: list[Node] = []
         self._failures: list[tuple[Node, float]] = []
         if self.mode == "p2p":
-            for group in sc.supernodes:
-                for _ in range(group.count):
+            for sgroup in sc.supernodes:
+                for _ in range(sgroup.count):
                     sid = n + len(self.supernodes)
-                    node = Node(sid, group.idc or default_idc, group.location,
-                                net.uplink(f"s{sid}.up", group.upload_bps),
-                                net.downlink(f"s{sid}.down", group.download_bps),
-                                group.upload_bps, group.download_bps, is_seed=True)
+                    node = Node(sid, sgroup.idc or default_idc, sgroup.location,
+                                net.uplink(f"s{sid}.up", sgroup.upload_bps),
+                                net.downlink(f"s{sid}.down", sgroup.download_bps),
+                                sgroup.upload_bps, sgroup.download_bps, is_seed=True)
                     self.supernodes.append(node)
-                    if group.fail_at_s is not None:
-                        self._failures.append((node, group.fail_at_s))
+                    if sgroup.fail_at_s is not None:
+                        self._failures.append((node, sgroup.fail_at_s))
         downs = np.array([h.download_bps for h in self.hosts])
         ups = np.array([h.upload_bps for h in self.hosts])
         size = sc.file.size
@@ -211,12 +214,14 @@ class Simulation:
             if h.leave_at is not None:     # leave somewhere inside the download, not after it
                 h.leave_at = h.arrival + h.leave_at * self.lower_bound_s
 
-    def _piece_path(self, parent: Node, child: Node) -> tuple[Resource, ...]:
+    # paths are typed as plain tuples: a node's `down` is None for the origin alone, which no
+    # path ends at, and the network takes them as tuples of resources
+    def _piece_path(self, parent: Node, child: Node) -> tuple:
         # the common case first: no inter-IDC link to look up
         return (parent.up, child.down) if parent.idc == child.idc or not self.links else \
             self._path(parent, child)[0]
 
-    def _path(self, src: Node, dst: Node) -> tuple[tuple[Resource, ...], bool]:
+    def _path(self, src: Node, dst: Node) -> tuple[tuple, bool]:
         cross = src.idc != dst.idc
         link = self.links.get((src.idc, dst.idc)) if cross else None
         return ((src.up, dst.down, link) if link else (src.up, dst.down)), cross
@@ -378,7 +383,9 @@ class Simulation:
         transfer (its only one: the scheduler lends a piece out once). With nothing left to
         give, the part ends empty at once."""
         first = self._running[(t.child.id, t.piece)]
-        cut = math.floor(self.net.left(first.flow) / 2)
+        flow = first.flow
+        assert flow is not None             # a running piece's first part has its flow
+        cut = math.floor(self.net.left(flow) / 2)
         child, parent = t.child, t.parent
         if cut <= 0:
             # an empty part: its piece ends this instant
@@ -386,7 +393,7 @@ class Simulation:
             self._at(now, lambda: self._wake(self.sched.part_done(child.peer, t.piece, parent.peer, 0, now)))
             return
         first.parts = t.parts = [first, t]
-        self.net.shrink(first.flow, cut)
+        self.net.shrink(flow, cut)
         t.flow = self.net.start(self._piece_path(parent, child), cut, self._on_piece, t)
 
     def _started(self, t: Transfer) -> None:
@@ -575,7 +582,8 @@ class Simulation:
             allowed = min(limit, nic)
             if allowed + node.business_bps > nic:
                 allowed = max(nic - node.business_bps, allowed / 2.0)
-            self.net.set_capacity(res, allowed)
+            if res is not None:
+                self.net.set_capacity(res, allowed)
 
     def _rate_loop(self, node: Node):
         while not node.left and node.done_at is None:
@@ -605,7 +613,7 @@ class Simulation:
     def summary(self, wall_s: float) -> dict:
         ct = self.completion_times()
 
-        def stat(fn) -> float:
+        def stat(fn) -> float | None:
             return round(float(fn(ct)), 3) if len(ct) else None
 
         return {

@@ -45,7 +45,8 @@ import numpy as np
 import pytest
 
 from dfsim.maxmin import fluid_completion_times
-from dfsim.network import CountingEnvironment, Network
+from dfsim.environment import CountingEnvironment
+from dfsim.network import Network
 
 N_INSTANCES = 200
 CAPS = (1.0, 2.0, 5.0, 10.0)

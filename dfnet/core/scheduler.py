@@ -89,8 +89,9 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from bisect import insort
+from typing import Final
 
 import numpy as np
 
@@ -129,19 +130,29 @@ class Assignment:                              # costs 4x as much to build, once
     part: bool = False                   # part of a piece the child runs already (rule 6)
 
 
-@dataclass(slots=True)
 class Decision:
-    """What the child should do now. `kind` is one of the class constants."""
+    """What the child should do now. `kind` is one of the class constants.
 
-    kind: str
-    assignments: list[Assignment] = field(default_factory=list)
-    retry_after: float = 0.0
-    candidates: int = 0
+    A plain class rather than a dataclass: compiled (`dfnet.native`), a dataclass would take
+    the constants for fields."""
 
-    ASSIGN = "assign"
-    WAIT = "wait"
-    BACK_TO_SOURCE = "back-to-source"
-    DONE = "done"
+    ASSIGN: Final = "assign"
+    WAIT: Final = "wait"
+    BACK_TO_SOURCE: Final = "back-to-source"
+    DONE: Final = "done"
+
+    __slots__ = ("kind", "assignments", "retry_after", "candidates")
+
+    def __init__(self, kind: str, assignments: list[Assignment] | None = None, retry_after: float = 0.0,
+                 candidates: int = 0):
+        self.kind = kind
+        self.assignments: list[Assignment] = [] if assignments is None else assignments
+        self.retry_after = retry_after
+        self.candidates = candidates
+
+    def __repr__(self) -> str:
+        return (f"Decision(kind={self.kind!r}, assignments={self.assignments!r}, "
+                f"retry_after={self.retry_after!r}, candidates={self.candidates!r})")
 
 
 # decisions without assignments carry no per-request state: one shared instance of each
@@ -643,7 +654,7 @@ class Scheduler:
                     or (check_bad and sw.bad[parent]) or (links and not sw.link_open(parent, child))):
                 continue
             start(child, piece, parent)
-            out.append(Assignment(piece, parent, x[i].copy() if keep else None))
+            out.append(Assignment(piece, parent, x[i].copy() if keep and x is not None else None))
             if len(out) == want:
                 break
         del order[:used]

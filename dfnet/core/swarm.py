@@ -43,6 +43,7 @@ import math
 from math import exp
 from bisect import bisect_left, insort
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -73,7 +74,7 @@ assert N_PARENT_COLS == len(_P) and N_FEATURES > PARENT_LAST
 class PeerInfo:
     """What the swarm remembers of a peer that never changes."""
 
-    key: object               # the I/O shell's name for the peer (host id, address, ...)
+    key: Any                  # the I/O shell's name for the peer (host id, address, ...)
     is_seed: bool
     idc: str
     location: str
@@ -192,7 +193,8 @@ class Swarm:
         # memoryview item store costs about a third of numpy's __setitem__, and a piece makes
         # about a dozen of them. The view is flat (cell `peer * N_PARENT_COLS + column`): an
         # int index costs two thirds of a (row, column) tuple's
-        self._pf = memoryview(self.pfeat.reshape(-1))
+        # (typed Any: a float64 view takes floats, which typeshed's memoryview does not know)
+        self._pf: Any = memoryview(self.pfeat.reshape(-1))
         self.online = grow(getattr(self, "online", None), (capacity,), np.bool_, False)
         # online and with a free upload slot: the filter every candidate parent passes. Kept
         # as bytes, for the scheduler's scalar loops (much faster to index than numpy), and

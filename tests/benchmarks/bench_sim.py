@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -46,14 +47,16 @@ def raw_simpy_rate(events: int = 2_000_000) -> float:
     return events / (time.perf_counter() - t)
 
 
-def run_scenario(path: Path, sets: list[str], policy: str) -> tuple[dict, float]:
-    """The run's summary, and the CPU seconds its process used."""
+def run_scenario(path: Path, sets: list[str], policy: str, interpreted: bool = False) -> tuple[dict, float]:
+    """The run's summary, and the CPU seconds its process used; `interpreted`: with the hot
+    modules from source rather than compiled (`dfnet.native`)."""
     cmd = [sys.executable, "-m", "experiments.cli", "sim", "run", str(path), "--json", "--no-progress",
            "--policy", policy]
     for s in sets:
         cmd += ["--set", s]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    env = {**os.environ, "DFLY_INTERPRETED": "1"} if interpreted else None
+    out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True, env=env).stdout
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return json.loads(out), cpu
@@ -65,8 +68,13 @@ def main() -> None:
     ap.add_argument("--double11-default", action="store_true", help="also run double11.toml at its 15 MiB pieces")
     ap.add_argument("--policy", default="heuristic:d2")
     ap.add_argument("--set", action="append", default=[], help="overrides for the 1,000-host run")
+    ap.add_argument("--interpreted", action="store_true",
+                    help="run each scenario from source too, right after the compiled run, and give the ratio")
     args = ap.parse_args()
 
+    from dfnet import use_compiled
+    compiled, why = use_compiled()
+    print(f"hot modules: {'compiled' if compiled else 'source'} ({why})", flush=True)
     raw = raw_simpy_rate()
     print(f"raw SimPy: {raw:,.0f} events/s", flush=True)
     runs = [("fig8-15g 1,000 x 5 GB", SCENARIOS / "fig8-15g.toml", ["file.piece_size=4MiB", *args.set])]
@@ -83,6 +91,12 @@ def main() -> None:
               f"({rate / raw:.2f} x raw SimPy), peak RSS {s['peak_rss_bytes'] / 2**30:.2f} GiB, "
               f"completion max {s['completion_s']['max']} s vs bound {s['lower_bound_s']} s "
               f"({s['completion_s']['max'] / s['lower_bound_s']:.2f} x)", flush=True)
+        if args.interpreted:
+            s2, cpu2 = run_scenario(path, sets, args.policy, interpreted=True)
+            same = {k: v for k, v in s.items() if k not in ("wall_s", "peak_rss_bytes")} == \
+                {k: v for k, v in s2.items() if k not in ("wall_s", "peak_rss_bytes")}
+            print(f"{label} from source: CPU {cpu2:.1f} s; compiled takes {cpu / cpu2:.2f} x its CPU "
+                  f"({cpu2 / cpu:.2f} x as fast); same results: {same}", flush=True)
 
 
 if __name__ == "__main__":
