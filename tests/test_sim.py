@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import gc
 import json
 import math
 from pathlib import Path
@@ -673,3 +674,29 @@ def test_churn_during_the_piece_overhead_loses_no_byte_and_the_rest_finish(tmp_p
     assert all(not h.starting for h in sim.hosts)                    # no transfer stuck in start-up
     assert_conserved(sim)
     assert_finished_hold_everything(sim)
+
+
+def test_a_run_makes_no_cyclic_garbage_per_piece():
+    """`Simulation.run` turns the cyclic garbage collector off while the clock runs: sound only
+    while the per-piece path (the end game's parts and aborts included) makes no reference
+    cycles. A run's cyclic garbage (the simulation itself, once it is dropped) must not grow
+    with the number of piece transfers: 8x the pieces here."""
+    def cyclic_garbage(size: str) -> tuple[int, int]:
+        data = scenario(n=40, size=size, supernode_upload="1Gbps")
+        data["file"]["piece_size"] = "1MiB"
+        data["scheduler"] = {"end_game": True}
+        data["hosts"][0]["churn"] = {"leave_fraction": 0.1}        # aborted transfers too
+        gc.collect()
+        gc.disable()
+        try:
+            sim, out = simulate(data)
+            pieces = sim.pieces_done
+            del sim
+            return gc.collect(), pieces
+        finally:
+            gc.enable()
+
+    small, small_pieces = cyclic_garbage("8MB")
+    big, big_pieces = cyclic_garbage("64MB")
+    assert big_pieces > 7 * small_pieces
+    assert big - small < 0.05 * (big_pieces - small_pieces), (small, big)
