@@ -5,6 +5,7 @@ Run it as a script (it is not collected by pytest):
     .venv/bin/python tests/benchmarks/bench_sim.py                    # 1,000 hosts x 5 GB, 4 MiB pieces
     .venv/bin/python tests/benchmarks/bench_sim.py --double11         # and the 10,000-host run
     .venv/bin/python tests/benchmarks/bench_sim.py --set hosts.0.count=200 --set file.size=1GB
+    .venv/bin/python tests/benchmarks/bench_sim.py --interpreted      # compiled vs from source
 
 Each scenario runs in a fresh child process, so its peak RSS is its own. In the same session the
 script measures raw SimPy (a bare `env.timeout` loop with one callback per event), the ceiling
@@ -12,6 +13,8 @@ for any SimPy model on this machine, and reports the simulator's event rate as a
 Besides wall time it reports the child's CPU time (user + system): on a shared machine wall
 time measures the neighbours too. `--double11` runs double11.toml at full fidelity (4 MiB
 pieces, about 12 M piece transfers); `--double11-default` at its own 15 MiB pieces.
+`--interpreted` runs each scenario a second time with the hot modules from source
+(`DFLY_INTERPRETED=1`, see `dfnet.native`), and gives the ratio and whether the results match.
 """
 from __future__ import annotations
 
