@@ -21,7 +21,8 @@ GROUP = "dfnet._compiled"            # the extension holding the compiled code (
 STAMP = ROOT / "dfnet" / "native-stamp.json"
 
 
-def source(module: str, root: Path = ROOT) -> Path:
+def source_file(module: str, root: Path = ROOT) -> Path:
+    """A module's .py file. (Not named `source`: importing `dfnet.source` sets that name.)"""
     return root.joinpath(*module.split(".")).with_suffix(".py")
 
 
@@ -39,10 +40,10 @@ def stale(root: Path = ROOT, stamp: Path = STAMP) -> list[str] | None:
     if not isinstance(built, dict) or built.get("python") != sys.implementation.cache_tag:
         return None
     suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
-    if not all(source(m, root).with_suffix(suffix).exists() for m in (*MODULES, GROUP + "__mypyc")):
+    if not all(source_file(m, root).with_suffix(suffix).exists() for m in (*MODULES, GROUP + "__mypyc")):
         return None
     sources = built.get("sources", {})
-    return [m for m in MODULES if sources.get(m) != _digest(source(m, root))]
+    return [m for m in MODULES if sources.get(m) != _digest(source_file(m, root))]
 
 
 class _FromSource(importlib.abc.MetaPathFinder):
@@ -59,7 +60,7 @@ class _FromSource(importlib.abc.MetaPathFinder):
         if self.note:
             print(f"dfnet.native: running from source: {self.note}", file=sys.stderr)
             self.note = ""
-        return importlib.util.spec_from_file_location(name, source(name, self.root))
+        return importlib.util.spec_from_file_location(name, source_file(name, self.root))
 
 
 def use_compiled(root: Path = ROOT, stamp: Path = STAMP, env: dict | None = None) -> tuple[bool, str]:
@@ -71,7 +72,7 @@ def use_compiled(root: Path = ROOT, stamp: Path = STAMP, env: dict | None = None
     if changed is None:
         return False, "not compiled for this Python (python -m dfnet.native build)"
     if changed:
-        return False, (f"{source(changed[0], root).relative_to(root)} changed since it was compiled "
+        return False, (f"{source_file(changed[0], root).relative_to(root)} changed since it was compiled "
                        f"(./setup.sh or python -m dfnet.native build compiles it again)")
     return True, "compiled and current"
 

@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dfnet import GROUP, MODULES, ROOT, STAMP, _digest, source, stale, use_compiled
+from dfnet import GROUP, MODULES, ROOT, STAMP, _digest, source_file, stale, use_compiled
 
 # Only the compiled modules are analysed: what they import (numpy, SimPy, `models`) is taken as
 # untyped. Following those imports costs minutes, and mypy has crashed on numpy's stubs.
@@ -53,7 +53,7 @@ def build(root: Path = ROOT) -> int:
         print("dfnet.native: compiled modules are current")
         return 0
     STAMP.unlink(missing_ok=True)            # a failed build leaves the source in use
-    paths = [str(source(m, root).relative_to(root)) for m in MODULES]
+    paths = [str(source_file(m, root).relative_to(root)) for m in MODULES]
     # setuptools' build_ext, in a child process, every by-product in a temporary folder
     script = "\n".join([
         "import sys",
@@ -63,7 +63,7 @@ def build(root: Path = ROOT) -> int:
         "setup(name='dfly-native', ext_modules=ext,",
         "      script_args=['build_ext', '--build-temp', sys.argv[1], '--build-lib', sys.argv[1] + '/lib'])",
     ])
-    digests = {m: _digest(source(m, root)) for m in MODULES}     # what this build compiles
+    digests = {m: _digest(source_file(m, root)) for m in MODULES}     # what this build compiles
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="dfly-native-") as tmp:
         r = subprocess.run([sys.executable, "-c", script, tmp], cwd=root, capture_output=True, text=True)

@@ -123,3 +123,13 @@ def test_running_an_edited_source_is_said_once_at_the_first_import(tmp_path, cap
         finder.find_spec(m)
     err = capsys.readouterr().err
     assert err == "dfnet.native: running from source: dfnet/core/scheduler.py changed since it was compiled\n"
+
+
+def test_from_source_after_the_runtime_modules_are_imported():
+    """The choice is made in `dfnet/__init__.py`, whose namespace the package's submodules
+    share: importing `dfnet.source` first must not break it."""
+    code = "import dfnet.source, dfnet.storage, dfnet.core.scheduler as m; print(m.__file__)"
+    env = {**os.environ, "DFLY_INTERPRETED": "1"}
+    r = subprocess.run([sys.executable, "-c", code], cwd="/", env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().endswith("dfnet/core/scheduler.py")
