@@ -38,7 +38,7 @@ from dfnet import GROUP, MODULES, ROOT, STAMP, _digest, source_file, stale, use_
 MYPY_FLAGS = ("--follow-imports=skip", "--ignore-missing-imports", "--no-site-packages")
 
 
-def build(root: Path = ROOT) -> int:
+def build() -> int:
     """Compile `MODULES` in place and write the stamp; one line of outcome. 0 when compiled,
     1 when it could not be (the source runs then)."""
     try:
@@ -49,11 +49,11 @@ def build(root: Path = ROOT) -> int:
     if shutil.which(os.environ.get("CC", "cc")) is None and shutil.which("gcc") is None:
         print("dfnet.native: no C compiler: everything runs from source")
         return 1
-    if stale(root) == []:
+    if stale() == []:
         print("dfnet.native: compiled modules are current")
         return 0
     STAMP.unlink(missing_ok=True)            # a failed build leaves the source in use
-    paths = [str(source_file(m, root).relative_to(root)) for m in MODULES]
+    paths = [str(source_file(m).relative_to(ROOT)) for m in MODULES]
     # setuptools' build_ext, in a child process, every by-product in a temporary folder
     script = "\n".join([
         "import sys",
@@ -63,12 +63,12 @@ def build(root: Path = ROOT) -> int:
         "setup(name='dfly-native', ext_modules=ext,",
         "      script_args=['build_ext', '--build-temp', sys.argv[1], '--build-lib', sys.argv[1] + '/lib'])",
     ])
-    digests = {m: _digest(source_file(m, root)) for m in MODULES}     # what this build compiles
+    digests = {m: _digest(source_file(m)) for m in MODULES}     # what this build compiles
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="dfly-native-") as tmp:
-        r = subprocess.run([sys.executable, "-c", script, tmp], cwd=root, capture_output=True, text=True)
+        r = subprocess.run([sys.executable, "-c", script, tmp], cwd=ROOT, capture_output=True, text=True)
         if r.returncode == 0:
-            _put_in_place(Path(tmp) / "lib", root)
+            _put_in_place(Path(tmp) / "lib")
     if r.returncode != 0:
         lines = [ln for ln in (r.stdout + r.stderr).splitlines() if "error" in ln.lower()] or \
             (r.stdout + r.stderr).splitlines()[-1:]
@@ -79,11 +79,11 @@ def build(root: Path = ROOT) -> int:
     return 0
 
 
-def _put_in_place(built: Path, root: Path) -> None:
+def _put_in_place(built: Path) -> None:
     """Move the built extensions beside their sources, each by a rename: a process running
     the old ones keeps its file (overwriting a loaded extension in place can crash it)."""
     for so in built.rglob("*.so"):
-        dest = root / so.relative_to(built)
+        dest = ROOT / so.relative_to(built)
         part = dest.with_name(dest.name + ".part")
         shutil.copyfile(so, part)
         os.replace(part, dest)

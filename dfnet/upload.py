@@ -75,7 +75,7 @@ def piece_handler(lookup: Callable[[str], Servable | None], buckets: Callable[[]
         resp.content_length = n
         await resp.prepare(request)
         try:
-            await _send(request, resp, files.data_path, offset, n, buckets, on_sent)
+            await send_file_range(request, resp, files.data_path, offset, n, buckets, on_sent)
         except ConnectionError:
             # a child that gave up (a cut, a restart, a timeout) is routine: no 500, no traceback
             log.debug("peer went away mid-piece", extra={"fields": {"piece": piece,
@@ -87,8 +87,12 @@ def piece_handler(lookup: Callable[[str], Servable | None], buckets: Callable[[]
     return handle
 
 
-async def _send(request: web.Request, resp: web.StreamResponse, path: str, offset: int, n: int,
-                buckets: Callable[[], tuple[TokenBucket, ...]], on_sent: Callable[[int], None]) -> None:
+async def send_file_range(request: web.Request, resp: web.StreamResponse, path, offset: int, n: int,
+                          buckets: Callable[[], tuple[TokenBucket, ...]] = tuple,
+                          on_sent: Callable[[int], None] = lambda n: None) -> None:
+    """The body of a prepared response: `n` bytes of the file at `path` from `offset`, paced
+    by `buckets` (none: one `sendfile`). A client gone raises `ConnectionError`: the caller
+    ends the response with `serve.hang_up`. Pieces to peers and the mirror's blobs go out here."""
     loop = asyncio.get_running_loop()
     transport = request.transport
     with open(path, "rb") as f:

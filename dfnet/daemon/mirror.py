@@ -44,7 +44,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import os
 import re
 import time
 from urllib.parse import urlsplit
@@ -58,6 +57,7 @@ from dfnet.logs import redact_url
 from dfnet.oci import BLOB_PATH
 from dfnet.serve import hang_up
 from dfnet.storage import StorageError, TaskFiles
+from dfnet.upload import send_file_range
 
 from .download import Download, Request
 from .service import Job
@@ -72,7 +72,6 @@ NOT_FOR_SOURCE = HOP_BY_HOP | {"host", "range", "if-range", "if-none-match", "if
                                "accept-encoding", "content-length", REGISTRY_HEADER.lower()}
 CREDENTIALS = ("authorization", "cookie", "x-amz-security-token")
 PASS_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=120)
-CHUNK = 1 << 20
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 _UPSTREAM = re.compile(r"https?://[A-Za-z0-9.\-\[\]:]+")
 
@@ -258,21 +257,11 @@ class Mirror:
         resp = web.StreamResponse(status=status, headers=headers)
         resp.content_length = n
         await resp.prepare(request)
-        loop = asyncio.get_running_loop()
+        metrics = self.daemon.metrics
         try:
-            with open(files.data_path, "rb") as f:
-                sent = 0
-                while sent < n:
-                    k = min(CHUNK, n - sent)
-                    transport = request.transport
-                    if transport is None or transport.is_closing():
-                        return hang_up(request, resp)        # the client went away
-                    try:
-                        await loop.sendfile(transport, f, start + sent, k)
-                    except NotImplementedError:
-                        await resp.write(os.pread(f.fileno(), k, start + sent))
-                    sent += k
-                    self.daemon.metrics.inc("dragonfly_dfdaemon_proxy_request_bytes_total", k, type="p2p")
+            await send_file_range(request, resp, files.data_path, start, n,
+                                  on_sent=lambda k: metrics.inc("dragonfly_dfdaemon_proxy_request_bytes_total", k,
+                                                                type="p2p"))
         except ConnectionError:
             return hang_up(request, resp)            # the client went away mid-send
         except OSError as e:
