@@ -78,6 +78,19 @@ class CandidateBatch:
         return self.x[:, COL[name]]
 
 
+@dataclass(frozen=True, slots=True)
+class LinearScore:
+    """A selector's score as a weighted sum of feature columns (see `PieceSelector`)."""
+
+    weights: tuple[float, ...]      # one per column of FEATURES
+    constant: float = 0.0
+    tie_scale: float = 0.0          # random tie-break: tie_scale * U[0, 1) added per row
+
+    def __post_init__(self) -> None:
+        if len(self.weights) != N_FEATURES:
+            raise ValueError(f"a linear score has {N_FEATURES} weights, not {len(self.weights)}")
+
+
 @runtime_checkable
 class PieceSelector(Protocol):
     """Which piece should a child fetch, and from whom? Higher score is better.
@@ -87,6 +100,13 @@ class PieceSelector(Protocol):
     uniformly at random. The core then does not call `score` for a batch whose rows all share
     one parent, and picks among them at random itself (Dragonfly 2's evaluator ranks parents
     only). A policy without the attribute is always asked.
+
+    Optional attribute: `linear = LinearScore(...)` declares that `score` is
+    `x @ weights + constant` plus `tie_scale` times a uniform draw in [0, 1) per row. The core
+    then computes that sum itself from the few columns with a non-zero weight, without
+    building the batch's matrix (a numpy batch costs tens of microseconds; the sum, a few),
+    and draws the tie-breaks from its own generator. `score` stays the definition: the tests
+    hold the two to the same values.
     """
 
     name: str

@@ -15,7 +15,7 @@ import pytest
 from dfnet.core.scheduler import Assignment, Decision, Scheduler, SchedulerConfig
 from dfnet.core.swarm import Swarm
 from dfnet.core.task import Task
-from models.interfaces import COL, N_FEATURES
+from models.interfaces import COL, N_FEATURES, CandidateBatch, LinearScore, PeerView
 from models.loader import load_piece_selector, resolve_upload_slots
 
 PS = 1000   # piece size in bytes: small numbers keep the costs readable
@@ -297,6 +297,67 @@ def test_d2_prefers_the_parent_in_the_childs_idc_and_location():
     d = sched.request(child, 0.0)
     assert len(d.assignments) == 4 and parents(d) == {near}
     assert far not in parents(d)
+
+
+class _EveryColumn:
+    """A linear selector weighing every feature column: its score is its declaration."""
+
+    name = "test:every-column"
+
+    def __init__(self, weights: np.ndarray, constant: float):
+        self.linear = LinearScore(tuple(weights.tolist()), constant, 0.0)
+        self._w, self._c = weights, constant
+
+    def score(self, child, candidates, now):
+        return candidates.x @ self._w + self._c
+
+
+def busy_swarm(sched: Scheduler, rng: random.Random) -> list[int]:
+    """Peers in two IDCs and locations, with pieces, transfers in flight and a cost history."""
+    swarm = sched.swarm
+    peer(swarm, "seed", "all", is_seed=True, idc="a", location="asia|cn|hz", upload_bps=5e6)
+    for k in range(12):
+        peer(swarm, f"p{k}", [p for p in range(20) if rng.random() < 0.4], idc="ab"[k % 2],
+             location=["asia|cn|hz", "asia|cn|sh", "eu|de|fra"][k % 3], upload_bps=rng.uniform(1e5, 1e6),
+             download_bps=rng.uniform(1e5, 2e6))
+    now = 0.0
+    for _ in range(40):
+        now += 0.3
+        child = rng.randrange(1, len(swarm.peers))
+        for a in sched.request(child, now).assignments:
+            if rng.random() < 0.7:
+                sched.piece_done(child, a.piece, a.parent, PS, rng.uniform(0.2, 2.0), now)
+    return list(range(len(swarm.peers)))
+
+
+def test_the_cores_sum_of_a_linear_selector_is_its_score():
+    """The core sums a linear selector's score from the swarm's cells (`linear_score`); the
+    selector's `score` on the batch's feature matrix is the definition. Every column weighed
+    (a made-up selector), and d2 as declared, up to its random tie-break."""
+    rng = random.Random(5)
+    weights = np.array([rng.uniform(-1, 1) for _ in range(N_FEATURES)])
+    weights[COL["parent_upload_bps"]] *= 1e-6          # columns in bytes/s, scaled to matter alike
+    weights[COL["child_download_bps"]] *= 1e-6
+    weights[COL["parent_sent_last_min"]] *= 1e-7
+    weights[COL["parent_tx_bps"]] *= 1e-6
+    for selector in (_EveryColumn(weights, 0.25), load_piece_selector("heuristic:d2", 1)):
+        task = Task.for_url("http://o/f", 20 * PS, PS)
+        swarm = Swarm(task, 3, 10)
+        sched = Scheduler(swarm, selector, NO_REUSE, seed=2)
+        everyone = busy_swarm(sched, rng)
+        tie = selector.linear.tie_scale
+        checked = 0
+        for child in everyone[1:]:
+            pieces = list(range(20))
+            parents = [rng.choice([q for q in everyone if q != child]) for _ in pieces]
+            x = sched._features(child, swarm.running[child], pieces, parents)
+            view = PeerView(child, swarm.peers[child].idc, swarm.peers[child].location, swarm.finished[child],
+                            swarm.n_pieces, len(swarm.running[child]))
+            want = selector.score(view, CandidateBatch(np.array(pieces), np.array(parents), x), 0.0)
+            got = np.array(sched.linear_score(child, pieces, parents))
+            assert np.allclose(got, want, rtol=1e-12, atol=2 * tie + 1e-12), (selector.name, got - want)
+            checked += 1
+        assert checked == 12
 
 
 # --- upload slots capped by the uplink --------------------------------------------------------

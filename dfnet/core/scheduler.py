@@ -19,7 +19,8 @@ Rules kept here, in order, for one request:
    piece choices both find what they look for. A child woken because a parent freed a slot
    for it gets that parent's offers as its batch. Filtered before scoring: the child itself,
    its blocklist, and bad parents while anybody else can serve.
-3. The selector scores the whole batch in one call; the best pairs are assigned greedily,
+3. The selector scores the whole batch in one call (one that declares its score linear is
+   summed here instead, from the cells it weighs); the best pairs are assigned greedily,
    one per piece, while the parent has free slots (and the IDC link between them, if the
    swarm gives it slots, has one free), up to the child's free download slots. A selector
    that declares `parent_only` (its score ignores the piece; ties fall at random) is not
@@ -97,7 +98,7 @@ import numpy as np
 
 from models.interfaces import COL, N_FEATURES, CandidateBatch, PeerView, PieceSelector
 
-from .swarm import PARENT_FIRST, PARENT_LAST, Swarm
+from .swarm import N_PARENT_COLS, PARENT_FIRST, PARENT_LAST, Swarm
 
 
 def fill_concurrency(mean_download_bps: float, mean_upload_bps: float, cap: int = 4) -> int:
@@ -215,6 +216,19 @@ class Scheduler:
         # a selector whose score ignores the piece (see `models.interfaces.PieceSelector`) need
         # not be asked to order pairs that all share one parent: it would order them at random
         self._parent_only = bool(getattr(selector, "parent_only", False))
+        # a selector that declares its score linear (`models.interfaces.LinearScore`) is summed
+        # here from the cells it weighs: no feature matrix, no numpy call per decision
+        linear = getattr(selector, "linear", None)
+        self._linear = linear is not None
+        w = tuple(linear.weights) if linear is not None else (0.0,) * N_FEATURES
+        self._lin_parent: list[tuple[int, float]] = [
+            (c - PARENT_FIRST, w[c]) for c in range(PARENT_FIRST, PARENT_LAST + 1) if w[c]]
+        self._lin_piece: list[tuple[int, float]] = [(c, w[c]) for c in range(_PIECE_END) if w[c]]
+        self._lin_idc: float = w[COL["same_idc"]]
+        self._lin_loc: float = w[COL["location_match"]]
+        self._lin_child: tuple[float, float] = (w[COL["child_finished"]], w[COL["child_download_bps"]])
+        self._lin_constant: float = linear.constant if linear is not None else 0.0
+        self._lin_tie: float = linear.tie_scale if linear is not None else 0.0
         self.decisions = 0
         self._rankings: dict[int, _Ranking] = {}
         self._hints: dict[int, int] = {}    # child -> a parent that just became free for it
@@ -433,12 +447,15 @@ class Scheduler:
                     j = int(rand() * (i + 1))
                     order[i], order[j] = order[j], order[i]
         elif n > 1:
-            if x is None:
-                x = self._features(child, running, pieces, parents)
-            view = PeerView(child, sw.peers[child].idc, sw.peers[child].location,
-                            sw.finished[child], sw.n_pieces, len(running))
-            batch = CandidateBatch(np.array(pieces, dtype=np.int64), np.array(parents, dtype=np.int64), x)
-            score = self.selector.score(view, batch, now).tolist()
+            if self._linear:
+                score = self.linear_score(child, pieces, parents)
+            else:
+                if x is None:
+                    x = self._features(child, running, pieces, parents)
+                view = PeerView(child, sw.peers[child].idc, sw.peers[child].location,
+                                sw.finished[child], sw.n_pieces, len(running))
+                batch = CandidateBatch(np.array(pieces, dtype=np.int64), np.array(parents, dtype=np.int64), x)
+                score = self.selector.score(view, batch, now).tolist()
             # best first, ties in batch order (a stable sort, as np.argsort(-score, "stable"))
             order = sorted(range(n), key=score.__getitem__, reverse=True)
         else:
@@ -611,6 +628,56 @@ class Scheduler:
         x[:, :_PIECE_END] = rows[:, :_PIECE_END]
         x[:, _PAIR_FIRST:] = rows[:, _PIECE_END:]
         return x
+
+    def linear_score(self, child: int, pieces: list[int], parents: list[int]) -> list[float]:
+        """A linear selector's scores for a batch, one per pair: the selector's weights on the
+        batch's cells, read where they live (the parent's row of the swarm's table, the
+        piece's count...), each parent's part summed once, plus the selector's random
+        tie-break drawn from the core's generator."""
+        sw = self.swarm
+        cells = sw.pf_cells
+        idc, loc = sw.idc_list, sw.loc_list
+        my_idc = idc[child]
+        match = sw.location_row(child)
+        w_idc, w_loc = self._lin_idc, self._lin_loc
+        w_done, w_down = self._lin_child
+        base = self._lin_constant
+        if w_done:
+            base += w_done * sw.finished[child] / sw.n_pieces
+        if w_down:
+            base += w_down * sw.peers[child].download_bps
+        per_parent: dict[int, float] = {}
+        piece_terms = self._lin_piece
+        tie, rand = self._lin_tie, self._rand
+        out: list[float] = []
+        for p, q in zip(pieces, parents):
+            s = per_parent.get(q)
+            if s is None:
+                s = base
+                row = q * N_PARENT_COLS
+                for off, w in self._lin_parent:
+                    s += w * cells[row + off]
+                if w_idc and idc[q] == my_idc:
+                    s += w_idc
+                if w_loc:
+                    s += w_loc * match[loc[q]]
+                per_parent[q] = s
+            if piece_terms:
+                s += self._piece_part(child, p)
+            out.append(s + tie * rand() if tie else s)
+        return out
+
+    def _piece_part(self, child: int, piece: int) -> float:
+        """The piece columns' share of a linear score (`_features` computes the same cells)."""
+        sw = self.swarm
+        c = sw.count_list[piece]
+        running = sw.running[child]
+        cells = (c, c / max(sw.online_peers, 1), piece / sw.n_pieces,
+                 abs(piece - sum(running) / len(running)) / sw.n_pieces if running else 0.0)
+        s = 0.0
+        for col, w in self._lin_piece:
+            s += w * cells[col]
+        return s
 
     def _usable(self, order: list[int], parents: list[int]) -> bool:
         """Whether a parent of a ranking's unused pairs (`order`) has a free slot now. One

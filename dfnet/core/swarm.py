@@ -31,7 +31,7 @@ Rules kept here:
   does this parent offer this child, and which of it is rarest"), which on a 1,000-piece task
   cost a few tenths of a microsecond as integer operations against a few microseconds per
   numpy call. The per-piece path writes the arrays' cells through memoryviews of the same
-  memory (`_pf`, flat, and `_up`: a third of numpy's item assignment, about a dozen times
+  memory (`pf_cells`, flat, and `_up`: a third of numpy's item assignment, about a dozen times
   per piece).
   Every update writes both views, except where no hot path reads the array:
   `have`, `count` and `available` are built from the bitsets and lists when asked for
@@ -192,9 +192,10 @@ class Swarm:
         # the per-piece path writes single cells through memoryviews of the same memory: a
         # memoryview item store costs about a third of numpy's __setitem__, and a piece makes
         # about a dozen of them. The view is flat (cell `peer * N_PARENT_COLS + column`): an
-        # int index costs two thirds of a (row, column) tuple's
+        # int index costs two thirds of a (row, column) tuple's. The scheduler reads single
+        # cells through it too (a linear selector's sum)
         # (typed Any: a float64 view takes floats, which typeshed's memoryview does not know)
-        self._pf: Any = memoryview(self.pfeat.reshape(-1))
+        self.pf_cells: Any = memoryview(self.pfeat.reshape(-1))
         self.online = grow(getattr(self, "online", None), (capacity,), np.bool_, False)
         # online and with a free upload slot: the filter every candidate parent passes. Kept
         # as bytes, for the scheduler's scalar loops (much faster to index than numpy), and
@@ -338,9 +339,9 @@ class Swarm:
         done = self.finished[peer] + 1
         self.finished[peer] = done
         row = peer * N_PARENT_COLS
-        self._pf[row + _FINISHED] = done / self.n_pieces
+        self.pf_cells[row + _FINISHED] = done / self.n_pieces
         if done == self.n_pieces:
-            self._pf[row + _COMPLETED] = 1.0
+            self.pf_cells[row + _COMPLETED] = 1.0
 
     def is_complete(self, peer: int) -> bool:
         return self.finished[peer] == self.n_pieces
@@ -401,7 +402,7 @@ class Swarm:
         self._up[parent] = n
         slots = self._slots[parent]
         row = parent * N_PARENT_COLS
-        pf = self._pf
+        pf = self.pf_cells
         pf[row + _UPLOADS] = n
         if n < slots:
             pf[row + _FREE] = 1.0 - n / slots
@@ -431,7 +432,7 @@ class Swarm:
         self._up[parent] = n
         slots = self._slots[parent]
         row = parent * N_PARENT_COLS
-        pf = self._pf
+        pf = self.pf_cells
         pf[row + _UPLOADS] = n
         if n < slots:
             if not self.open_flags[parent] and self.online_list[parent]:
@@ -494,8 +495,8 @@ class Swarm:
         s[1] += nbytes
         s[2] += nbytes
         row = parent * N_PARENT_COLS
-        self._pf[row + _TX] = s[1] / TAU_RATE_S
-        self._pf[row + _SENT] = s[2]
+        self.pf_cells[row + _TX] = s[1] / TAU_RATE_S
+        self.pf_cells[row + _SENT] = s[2]
 
     def fail_transfer(self, child: int, piece: int, parent: int, *, corrupt: bool = False) -> None:
         """A transfer ended without a good piece; a corrupt piece blocklists its parent."""
@@ -505,7 +506,7 @@ class Swarm:
             self._hold_link(parent, child, -1)
         self._served_fail[parent] += 1
         ok = self._served_ok[parent]
-        self._pf[parent * N_PARENT_COLS + _SUCCESS] = ok / (ok + self._served_fail[parent])
+        self.pf_cells[parent * N_PARENT_COLS + _SUCCESS] = ok / (ok + self._served_fail[parent])
         if corrupt or not self.online_list[parent]:
             self.blocklist[child].add(parent)
 
@@ -532,8 +533,8 @@ class Swarm:
                 self._set_open(parent, False)
             free = 0.0
         row = parent * N_PARENT_COLS
-        self._pf[row + _UPLOADS] = n
-        self._pf[row + _FREE] = free
+        self.pf_cells[row + _UPLOADS] = n
+        self.pf_cells[row + _FREE] = free
 
     def _set_open(self, peer: int, is_open: bool) -> None:
         if self.open_flags[peer] == is_open:

@@ -22,7 +22,7 @@ from typing import Mapping
 
 import numpy as np
 
-from models.interfaces import COL, N_FEATURES, CandidateBatch, PeerView
+from models.interfaces import COL, N_FEATURES, CandidateBatch, LinearScore, PeerView
 
 # Dragonfly 2's host type term: a seed peer scores 1.0, a normal peer 0.5.
 HOST_TYPE_SCORE = {"seed": 1.0, "normal": 0.5}
@@ -170,6 +170,8 @@ class Dragonfly2Selector(_Selector):
         "location_match": 0.15,
     }
     _vector, _constant = _linear(weights)
+    # what `score` computes, declared: the core sums it without building the batch's matrix
+    linear = LinearScore(tuple(_vector.tolist()), _constant, _TIE_SCALE)
 
     def score(self, child: PeerView, candidates: CandidateBatch, now: float) -> np.ndarray:
         n = len(candidates)
