@@ -93,17 +93,22 @@ class Node:
         return self.up.flows
 
 
-@dataclass(eq=False, slots=True)
 class Transfer:
-    child: Node
-    parent: Node
-    piece: int
-    features: np.ndarray | None
-    candidates: int
-    assigned: float = 0.0           # when the scheduler assigned it: its cost runs from here
-    flow: Flow | None = None        # once bytes flow
-    parts: list | None = None       # a piece sent in parts: every part's Transfer (shared)
+    """A piece (or part of one) on its way from `parent` to `child`. A plain class: one is
+    built per piece, and a compiled dataclass runs its generated `__init__` interpreted."""
 
+    __slots__ = ("child", "parent", "piece", "features", "candidates", "assigned", "flow", "parts")
+
+    def __init__(self, child: Node, parent: Node, piece: int, features: np.ndarray | None, candidates: int,
+                 assigned: float = 0.0):
+        self.child = child
+        self.parent = parent
+        self.piece = piece
+        self.features = features
+        self.candidates = candidates
+        self.assigned = assigned        # when the scheduler assigned it: its cost runs from here
+        self.flow: Flow | None = None   # once bytes flow
+        self.parts: list | None = None  # a piece sent in parts: every part's Transfer (shared)
 
 
 def slot_width(spec, host_downloads: list[float]) -> float:

@@ -123,12 +123,31 @@ class SchedulerConfig:
     end_game: bool = False          # lend freed slots to parts of running pieces (rule 6)
 
 
-@dataclass(slots=True, unsafe_hash=True)     # read-only by convention: a frozen dataclass
-class Assignment:                              # costs 4x as much to build, once per piece
-    piece: int
-    parent: int
-    features: np.ndarray | None = None   # the row the selector scored, for traces
-    part: bool = False                   # part of a piece the child runs already (rule 6)
+class Assignment:
+    """Fetch `piece` from `parent`. Read-only by convention.
+
+    A plain class, like `Decision`: one is built per piece, and compiled (`dfnet.native`) a
+    dataclass is still built through its generated `__init__`, which runs interpreted."""
+
+    __slots__ = ("piece", "parent", "features", "part")
+
+    def __init__(self, piece: int, parent: int, features: np.ndarray | None = None, part: bool = False):
+        self.piece = piece
+        self.parent = parent
+        self.features = features    # the row the selector scored, for traces
+        self.part = part            # part of a piece the child runs already (rule 6)
+
+    def _key(self) -> tuple[int, int, bool]:
+        return (self.piece, self.parent, self.part)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Assignment) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return f"Assignment(piece={self.piece}, parent={self.parent}, part={self.part})"
 
 
 class Decision:
@@ -169,15 +188,18 @@ WAKE_SCAN = 16      # waiting children looked at per freed slot
 SPARE_QUEUE_MAX_WINDOW = 8
 
 
-@dataclass(slots=True)
 class _Ranking:
-    """A scored batch whose best pairs were not all used yet."""
+    """A scored batch whose best pairs were not all used yet (a plain class: see `Assignment`)."""
 
-    expires: float
-    order: list[int]          # rows of the batch, best first, not yet used
-    pieces: list[int]
-    parents: list[int]
-    x: np.ndarray | None      # the feature rows (None for a lone pair when no trace is kept)
+    __slots__ = ("expires", "order", "pieces", "parents", "x")
+
+    def __init__(self, expires: float, order: list[int], pieces: list[int], parents: list[int],
+                 x: np.ndarray | None):
+        self.expires = expires
+        self.order = order          # rows of the batch, best first, not yet used
+        self.pieces = pieces
+        self.parents = parents
+        self.x = x                  # the feature rows (None unless a trace keeps them)
 
 
 def _clear_bit(bitsets: dict[int, int], key: int, bit: int) -> None:

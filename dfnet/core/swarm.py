@@ -40,6 +40,7 @@ Rules kept here:
 from __future__ import annotations
 
 import math
+from array import array
 from math import exp
 from bisect import bisect_left, insort
 from dataclasses import dataclass
@@ -145,7 +146,10 @@ class Swarm:
         self.open_list: list[int] = []      # open peers, in no order (swap-remove)
         self._open_pos: dict[int, int] = {}
         self.online_peers = 0
-        self.holders: list[list[int]] = [[] for _ in range(self.n_pieces)]
+        # every peer that ever held each piece, in arrival order, for sampling holders at random.
+        # Compact arrays: a list would box each entry, and Double 11 keeps 12.8 million of
+        # them (half a GB of int objects, scattered among everything the run touches)
+        self.holders: list[array] = [array("i") for _ in range(self.n_pieces)]
         # the bitset view: bit p of an int is piece p
         self.have_bits: list[int] = []      # per peer: the pieces it holds
         self.run_bits: list[int] = []       # per peer: the pieces in flight to it
