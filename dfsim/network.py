@@ -301,7 +301,8 @@ class Network:
         for t, bucket in self._due.items():
             live = []
             for i in range(0, len(bucket), 2):
-                if bucket[i].version == bucket[i + 1]:
+                f: Flow = bucket[i]
+                if f.version == bucket[i + 1]:
                     live += bucket[i:i + 2]
             if live:
                 due[t] = live
@@ -318,7 +319,8 @@ class Network:
             t = times[0]
             bucket = due[t]
             for i in range(0, len(bucket), 2):
-                if bucket[i].version == bucket[i + 1]:
+                f: Flow = bucket[i]
+                if f.version == bucket[i + 1]:
                     return t
             heappop(times)                       # all stale: the flows were re-timed or ended
             del due[t]
@@ -352,7 +354,9 @@ class Network:
             bucket = calendar.pop(heappop(times))
             self._entries -= len(bucket) // 2
             for i in range(0, len(bucket), 2):
-                f = bucket[i]
+                # typed: compiled, a bucket's untyped items would make every attribute
+                # below a generic lookup
+                f: Flow = bucket[i]
                 if f.version != bucket[i + 1]:
                     continue                     # stale: the flow was re-timed or ended
                 f.version = -1

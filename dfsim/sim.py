@@ -464,9 +464,9 @@ class Simulation:
         if self._bar is not None and self.pieces_done % 1000 == 0:
             self._bar.update(1000)
         if wake:
-            pump, by_peer = self._pump, self.by_peer
+            by_peer = self.by_peer
             for p in wake:              # the children who waited longest get the freed slot first
-                pump(by_peer[p])
+                self._pump(by_peer[p])
         if self.swarm.finished[child.peer] == self._n_pieces:
             self._host_finished(child)
         else:

@@ -180,8 +180,9 @@ class Decision:
 _DONE = Decision(Decision.DONE)
 ASSIGN = Decision.ASSIGN
 # the feature table's blocks: piece columns, then the parent's (gathered), then pair and child
-_PIECE_END = COL["piece_distance"] + 1
-_PAIR_FIRST = COL["same_idc"]
+# (typed: compiled, arithmetic on untyped constants is generic object math)
+_PIECE_END: Final[int] = COL["piece_distance"] + 1
+_PAIR_FIRST: Final[int] = COL["same_idc"]
 assert _PIECE_END == PARENT_FIRST and _PAIR_FIRST == PARENT_LAST + 1 and N_FEATURES == _PAIR_FIRST + 4
 WAKE_SCAN = 16      # waiting children looked at per freed slot
 # a window of more pieces than this is a batching window, not what fills a downlink (rule 5)
@@ -672,13 +673,16 @@ class Scheduler:
         piece_terms = self._lin_piece
         tie, rand = self._lin_tie, self._rand
         out: list[float] = []
+        s: float
         for p, q in zip(pieces, parents):
-            s = per_parent.get(q)
-            if s is None:
+            if q in per_parent:
+                s = per_parent[q]
+            else:
                 s = base
                 row = q * N_PARENT_COLS
                 for off, w in self._lin_parent:
-                    s += w * cells[row + off]
+                    cell: float = cells[row + off]
+                    s += w * cell
                 if w_idc and idc[q] == my_idc:
                     s += w_idc
                 if w_loc:
@@ -731,7 +735,6 @@ class Scheduler:
         # a fresh ranking with no blocklist, no bad parent and no link limits (the usual case)
         # needs only the first two checks below: one flag skips the other four per pair
         more = kept or blocked or check_bad or links
-        start = sw.start_transfer
         used = 0
         for used, i in enumerate(order, 1):
             parent = parents[i]
@@ -742,7 +745,7 @@ class Scheduler:
                     (kept and have >> piece & 1) or (blocked and parent in blocked)
                     or (check_bad and sw.bad[parent]) or (links and not sw.link_open(parent, child))):
                 continue
-            start(child, piece, parent)
+            sw.start_transfer(child, piece, parent)
             out.append(Assignment(piece, parent, x[i].copy() if keep and x is not None else None))
             if len(out) == want:
                 break

@@ -44,7 +44,7 @@ from array import array
 from math import exp
 from bisect import bisect_left, insort
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
@@ -53,21 +53,27 @@ from models.interfaces import COL, N_FEATURES
 from .task import Task
 
 LOCATION_LEVELS = 5
-SHORT_HISTORY = 30          # below this many samples the 20x-mean rule applies
-TAU_RATE_S = 5.0
-TAU_MINUTE_S = 60.0
+SHORT_HISTORY: Final = 30      # below this many samples the 20x-mean rule applies
+TAU_RATE_S: Final = 5.0
+TAU_MINUTE_S: Final = 60.0
 
-# Parent columns of the feature table live contiguously: one gather fills them all.
-PARENT_FIRST = COL["parent_is_seed"]
-PARENT_LAST = COL["parent_order"]
-_P = {name: COL[name] - PARENT_FIRST for name in (
+# Parent columns of the feature table live contiguously: one gather fills them all. Typed
+# ints: compiled (`dfnet.native`), arithmetic on untyped constants is generic object math
+PARENT_FIRST: Final[int] = COL["parent_is_seed"]
+PARENT_LAST: Final[int] = COL["parent_order"]
+_P: dict[str, int] = {name: COL[name] - PARENT_FIRST for name in (
     "parent_is_seed", "parent_finished", "parent_completed", "parent_upload_success",
     "parent_free_slots", "parent_uploads", "parent_upload_bps", "parent_tx_bps",
     "parent_sent_last_min", "parent_mean_cost_s", "parent_order")}
-N_PARENT_COLS = PARENT_LAST - PARENT_FIRST + 1
-_FINISHED, _COMPLETED, _SUCCESS = _P["parent_finished"], _P["parent_completed"], _P["parent_upload_success"]
-_UPLOADS, _FREE, _TX = _P["parent_uploads"], _P["parent_free_slots"], _P["parent_tx_bps"]
-_SENT, _MEAN_COST = _P["parent_sent_last_min"], _P["parent_mean_cost_s"]
+N_PARENT_COLS: Final[int] = PARENT_LAST - PARENT_FIRST + 1
+_FINISHED: Final[int] = _P["parent_finished"]
+_COMPLETED: Final[int] = _P["parent_completed"]
+_SUCCESS: Final[int] = _P["parent_upload_success"]
+_UPLOADS: Final[int] = _P["parent_uploads"]
+_FREE: Final[int] = _P["parent_free_slots"]
+_TX: Final[int] = _P["parent_tx_bps"]
+_SENT: Final[int] = _P["parent_sent_last_min"]
+_MEAN_COST: Final[int] = _P["parent_mean_cost_s"]
 assert N_PARENT_COLS == len(_P) and N_FEATURES > PARENT_LAST
 
 
@@ -81,6 +87,26 @@ class PeerInfo:
     location: str
     upload_bps: float
     download_bps: float
+
+
+class _History:
+    """A parent's record: pieces served, their cost (Welford's running mean and variance), and
+    recent bytes sent, decayed. One object per peer with typed fields: compiled, the floats
+    live in it unboxed, where a list of them made a new float object per update."""
+
+    __slots__ = ("ok", "failed", "n", "mean", "m2", "last", "bad", "sent_t", "sent_rate", "sent_minute")
+
+    def __init__(self) -> None:
+        self.ok = 0                 # pieces served
+        self.failed = 0             # transfers that ended without a good piece
+        self.n = 0                  # piece costs seen
+        self.mean = 0.0
+        self.m2 = 0.0
+        self.last = 0.0
+        self.bad = False
+        self.sent_t = 0.0           # when the sent counters were last decayed
+        self.sent_rate = 0.0        # bytes, decayed with TAU_RATE_S
+        self.sent_minute = 0.0      # bytes, decayed with TAU_MINUTE_S
 
 
 def bit_indices(bits: int) -> list[int]:
@@ -176,10 +202,7 @@ class Swarm:
         self.back_sourced: set[int] = set()
         self.n_bad = 0                      # how many parents are flagged bad now
         self.producing: set[int] = set()    # peers fetching from the origin right now
-        self._served_ok: list[int] = []
-        self._served_fail: list[int] = []
-        self._cost: list[list] = []         # [n, mean, M2, last, bad] per parent (Welford)
-        self._sent: list[list[float]] = []  # [t, decayed 5 s, decayed 60 s]
+        self._history: list[_History] = []
         self._alloc(capacity)
 
     # ---- storage -------------------------------------------------------------------------
@@ -252,10 +275,7 @@ class Swarm:
         self.blocklist.append(set())
         self.finished.append(0)
         self.no_parent_tries.append(0)
-        self._served_ok.append(0)
-        self._served_fail.append(0)
-        self._cost.append([0.0, 0.0, 0.0, 0.0, False])
-        self._sent.append([0.0, 0.0, 0.0])
+        self._history.append(_History())
         return i
 
     # ---- numpy views built on demand (tests, and rare events such as a peer leaving) ------
@@ -446,29 +466,29 @@ class Swarm:
             pf[row + _FREE] = 0.0
         if self.links:
             self._hold_link(parent, child, -1)
-        served = self._served_ok
-        ok = served[parent] = served[parent] + 1
-        pf[row + _SUCCESS] = ok / (ok + self._served_fail[parent])
-        self._add_sent(parent, nbytes, now)
+        h = self._history[parent]
+        h.ok += 1
+        pf[row + _SUCCESS] = h.ok / (h.ok + h.failed)
+        self._add_sent(h, row, nbytes, now)
         # the parent's piece cost, scaled to a full piece; bad if it is an outlier of its history
         cost = cost_s * self._piece_size / max(nbytes, 1)
-        c = self._cost[parent]
-        k, mean, m2 = c[0], c[1], c[2]
+        k, mean = h.n, h.mean
         if k >= 2:
             if k < SHORT_HISTORY:
                 bad = cost > 20.0 * mean
             else:
-                bad = cost > mean + 3.0 * math.sqrt(m2 / (k - 1))
+                bad = cost > mean + 3.0 * math.sqrt(h.m2 / (k - 1))
         else:
             bad = False
-        if bad != c[4]:
-            c[4] = bad
+        if bad != h.bad:
+            h.bad = bad
             self.n_bad += 1 if bad else -1
             self.bad[parent] = bad
         k += 1
         delta = cost - mean
         mean += delta / k
-        c[0], c[1], c[2], c[3] = k, mean, m2 + delta * (cost - mean), cost
+        h.n, h.mean, h.last = k, mean, cost
+        h.m2 += delta * (cost - mean)
         pf[row + _MEAN_COST] = mean
         self.no_parent_tries[child] = 0
         self.add_piece(child, piece)
@@ -486,21 +506,20 @@ class Swarm:
         self._set_uploads(parent, -1)
         if self.links:
             self._hold_link(parent, child, -1)
-        self._add_sent(parent, nbytes, now)
+        self._add_sent(self._history[parent], parent * N_PARENT_COLS, nbytes, now)
 
-    def _add_sent(self, parent: int, nbytes: int, now: float) -> None:
-        """Recent bytes sent, decayed: the parent's current rate and its last minute's bytes."""
-        s = self._sent[parent]
-        dt = now - s[0]
+    def _add_sent(self, h: _History, row: int, nbytes: int, now: float) -> None:
+        """Recent bytes sent, decayed: the parent's current rate and its last minute's bytes
+        (`row`: the parent's first cell in `pf_cells`)."""
+        dt = now - h.sent_t
         if dt > 0.0:
-            s[0] = now
-            s[1] *= exp(-dt / TAU_RATE_S)
-            s[2] *= exp(-dt / TAU_MINUTE_S)
-        s[1] += nbytes
-        s[2] += nbytes
-        row = parent * N_PARENT_COLS
-        self.pf_cells[row + _TX] = s[1] / TAU_RATE_S
-        self.pf_cells[row + _SENT] = s[2]
+            h.sent_t = now
+            h.sent_rate *= exp(-dt / TAU_RATE_S)
+            h.sent_minute *= exp(-dt / TAU_MINUTE_S)
+        h.sent_rate += nbytes
+        h.sent_minute += nbytes
+        self.pf_cells[row + _TX] = h.sent_rate / TAU_RATE_S
+        self.pf_cells[row + _SENT] = h.sent_minute
 
     def fail_transfer(self, child: int, piece: int, parent: int, *, corrupt: bool = False) -> None:
         """A transfer ended without a good piece; a corrupt piece blocklists its parent."""
@@ -508,9 +527,9 @@ class Swarm:
         self._set_uploads(parent, -1)
         if self.links:
             self._hold_link(parent, child, -1)
-        self._served_fail[parent] += 1
-        ok = self._served_ok[parent]
-        self.pf_cells[parent * N_PARENT_COLS + _SUCCESS] = ok / (ok + self._served_fail[parent])
+        h = self._history[parent]
+        h.failed += 1
+        self.pf_cells[parent * N_PARENT_COLS + _SUCCESS] = h.ok / (h.ok + h.failed)
         if corrupt or not self.online_list[parent]:
             self.blocklist[child].add(parent)
 
