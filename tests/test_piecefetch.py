@@ -652,21 +652,18 @@ class BigParent:
         return r, w
 
 
-def _fetch_big(parent: BigParent, root) -> str:
+async def _fetch_big(parent: BigParent, root) -> str:
     """The big piece through a fresh pool, spliced into a fresh task: its sha256."""
     from dfnet.storage import PieceWriter
-
-    async def main() -> str:
-        files = TaskFiles.create(root, TID, {"length": BIG, "piece_size": BIG})
-        writer, pool = PieceWriter(files, 0), Pool()
-        try:
-            await pool.fetch(parent.addr, f"/v1/tasks/{TID}/pieces/0", {"X-Dfly-Token": TOKEN}, BIG, None,
-                             timeout=30, into=writer)
-            return writer.hexdigest()
-        finally:
-            pool.close()
-            files.close()
-    return main()
+    files = TaskFiles.create(root, TID, {"length": BIG, "piece_size": BIG})
+    writer, pool = PieceWriter(files, 0), Pool()
+    try:
+        await pool.fetch(parent.addr, f"/v1/tasks/{TID}/pieces/0", {"X-Dfly-Token": TOKEN}, BIG, None,
+                         timeout=30, into=writer)
+        return writer.hexdigest()
+    finally:
+        pool.close()
+        files.close()
 
 
 def test_a_child_that_stops_reading_an_unlimited_piece_is_cut_off(tmp_path, monkeypatch):
