@@ -11,8 +11,10 @@ import asyncio
 import json
 import signal
 import sys
+from typing import TYPE_CHECKING
 
-from aiohttp import web
+if TYPE_CHECKING:       # imported where used: dfget parses addresses without loading aiohttp
+    from aiohttp import web
 
 
 def parse_addr(text: str, what: str = "address") -> tuple[str, int]:
@@ -34,6 +36,7 @@ def bound_addr(runner: web.AppRunner) -> str:
 
 
 async def start(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, str]:
+    from aiohttp import web
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)

@@ -1,7 +1,7 @@
-"""A body received by a worker thread from a socket that an asyncio transport owns.
+"""A body moved by a worker thread on a socket that an asyncio transport owns.
 
 The event loop parses an answer's header; then, for a body of known length, one worker thread
-takes the socket and moves the body itself. Through the event loop the same body cost a
+takes the socket and moves the body itself. Receiving: Through the event loop the same body cost a
 selector wake-up and Python callbacks per `recv` (about 16 per MiB on loopback) plus a thread
 round trip per batch for the hash and the write (py-spy and per-thread CPU, bench_live single).
 Used by `dfnet.daemon.piecefetch` (pieces from parents) and `dfnet.source` (the seed's
@@ -14,6 +14,13 @@ origin body); the consumer is a `Receiver`'s caller in that thread:
   A file system that cannot splice gets the bytes through the pipe and `pwrite`.
 - `fill(view)` receives into memory (blocking `recv_into(..., MSG_WAITALL)`, one system call
   per batch), for consumers that want the bytes themselves.
+Sending (`dfnet.upload`, a piece or a blob with no upload limit): `send_file(fd, offset, n)`
+is one blocking `sendfile(2)` that returns when the kernel has taken the bytes. Through the
+event loop (`loop.sendfile`) each full socket buffer cost a writer registration, a wake-up and
+Python callbacks (12% of a supernode's event loop serving a 1 GiB download, py-spy), and the
+child's receive waited whenever the loop was busy elsewhere (its thread blocked in `splice`
+for data 9% of its samples); a sending thread refills the socket as soon as it has room.
+Senders have their own threads (`SENDERS`), so slow children never delay a receive.
 
 Rules kept here:
 - The transport has stopped reading (`pause_reading`) before the thread takes the socket, and
@@ -22,7 +29,9 @@ Rules kept here:
   transport's socket, so it is non-blocking again, and the timeout cleared, before the thread
   ends, whatever way it ends.
 - No byte for `timeout` seconds raises `Stalled` in the thread (a receive that got part of a
-  batch and then stalled is noticed after one to two times `timeout`).
+  batch and then stalled is noticed after one to two times `timeout`; a send, with
+  `SO_SNDTIMEO`, after one to about four times `timeout`: the kernel waits per part of its
+  `sendfile`).
 - The thread's pipe is closed when it ends, whatever way it ends. Bodies have their own pool
   of threads (`MAX_BODIES`), so one blocked on its socket never delays another's start.
 - `run` returns only once the thread has ended. Cancellation (a caller's timeout included) or
@@ -51,6 +60,7 @@ COPY_CHUNK = 1 << 20
 # the short jobs that share that executor (per-batch writes, digests) would wait behind them.
 MAX_BODIES = 64
 _threads = concurrent.futures.ThreadPoolExecutor(MAX_BODIES, thread_name_prefix="dfly-body")
+SENDERS = concurrent.futures.ThreadPoolExecutor(MAX_BODIES, thread_name_prefix="dfly-send")
 
 
 class Stalled(Exception):
@@ -113,6 +123,21 @@ class Receiver:
             moved += k
         return moved
 
+    def send_file(self, fd: int, offset: int, n: int) -> int:
+        """Send `n` bytes of file `fd` from `offset` (`sendfile(2)`: from the page cache, no
+        copy into this process); fewer when the peer shut its end."""
+        sent = 0
+        while sent < n:
+            try:
+                k = os.sendfile(self._sock.fileno(), fd, offset + sent, n - sent)
+            except (BlockingIOError, TimeoutError):
+                k = -1
+            self._check(k)
+            if k == 0:
+                break
+            sent += k
+        return sent
+
     def _drain(self, r: int, fd: int, offset: int, k: int) -> None:
         """Pipe to file: `k` bytes, all of them, at `offset`."""
         done = 0
@@ -157,8 +182,10 @@ class Receiver:
 class SocketThread:
     """Runs `work(receiver)` in a worker thread, the `Receiver` reading the transport's socket."""
 
-    def __init__(self, transport: asyncio.Transport, timeout: float):
+    def __init__(self, transport: asyncio.Transport, timeout: float,
+                 pool: concurrent.futures.Executor = _threads):
         self._sock = transport.get_extra_info("socket")
+        self._pool = pool                       # `SENDERS` for a thread that sends
         self.timeout = timeout
         self.stopping = False
         self.running = False
@@ -166,7 +193,7 @@ class SocketThread:
     async def run(self, work: Callable[[Receiver], T]) -> T:
         """`work(receiver)` in a worker thread; the receiver's calls raise `Stalled` or
         `Stopped`, which `run` passes on."""
-        job = asyncio.get_running_loop().run_in_executor(_threads, self._thread, work)
+        job = asyncio.get_running_loop().run_in_executor(self._pool, self._thread, work)
         self.running = True
         try:
             return await asyncio.shield(job)
@@ -192,11 +219,13 @@ class SocketThread:
         try:
             s.setblocking(True)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(self.timeout))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(self.timeout))
             return work(rx)
         finally:
             rx.close()
             try:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(0))
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(0))
                 s.setblocking(False)
             except OSError:
                 pass

@@ -32,12 +32,12 @@ import collections
 import re
 from dataclasses import dataclass
 from typing import Awaitable, Callable
-from urllib.parse import urlsplit
 
 import aiohttp
 
 from .logs import redact_url
 from .sockthread import SocketThread, Stalled, Stopped
+from .sourceurl import SourceError, check_url  # noqa: F401  (re-exported: the source's error and URL rule)
 
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 30.0
@@ -47,30 +47,6 @@ _CONTROLLED = {"range", "host", "if-range", "if-none-match", "if-modified-since"
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 WAITING_MAX = 2
 KEEP_FREE = 3           # batch buffers kept for reuse by one body read
-
-
-class SourceError(Exception):
-    """The origin could not give what was asked; one line, with a kind for exit codes."""
-
-    def __init__(self, message: str, kind: str = "network", status: int | None = None):
-        super().__init__(" ".join(str(message).split()))
-        self.kind = kind
-        self.status = status
-
-
-def check_url(url: object) -> str:
-    if not isinstance(url, str) or len(url) > 8192:
-        raise SourceError(f"bad URL {str(url)[:80]!r}", "url")
-    try:
-        parts = urlsplit(url)
-        parts.port
-    except ValueError as e:
-        raise SourceError(f"bad URL {url[:80]!r}: {e}", "url") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise SourceError(f"bad URL {url[:80]!r}: only http:// and https:// URLs with a host", "url")
-    if any(c in url for c in "\r\n\t "):
-        raise SourceError(f"bad URL {url[:80]!r}: whitespace in URL", "url")
-    return url
 
 
 def source_headers(headers: dict[str, str]) -> dict[str, str]:

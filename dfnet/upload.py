@@ -6,10 +6,12 @@ Rules kept here:
   own folder: the task id is checked as 64 hex digits and the piece index against the grid,
   so no request can name a path.
 - The bytes go from the page cache to the socket with `sendfile` (zero copy) in chunks, each
-  paced by the node's upload buckets; with every bucket unlimited the piece goes in one call
-  (each `loop.sendfile` pauses reading, waits for the transport to drain and registers a
-  writer: Python work per call, not per byte). Without sendfile (some platforms, TLS) it
-  falls back to reads of at most `CHUNK`.
+  paced by the node's upload buckets; with every bucket unlimited the piece goes in one
+  blocking `sendfile` from a worker thread (`dfnet.sockthread`: the event loop stops reading
+  the connection meanwhile, and a child that takes no byte for `STALL_TIMEOUT_S` is cut
+  off), else in one `loop.sendfile` (the event loop refills the socket each time it drains:
+  a writer registration, a wake-up and Python callbacks each). Without sendfile (some
+  platforms, TLS) it falls back to reads of at most `CHUNK`.
 - The node does not re-verify before serving: children verify every piece against the
   supernode's digest, and a corrupt piece gets its sender reported and dropped for the task.
 """
@@ -28,10 +30,12 @@ from aiohttp import web
 from .core.tokenbucket import TokenBucket
 from .protocol import TOKEN_HEADER
 from .serve import hang_up
+from .sockthread import SENDERS, SocketThread, Stalled, Stopped
 from .storage import StorageError, TaskFiles, check_task_id
 from .throttle import pace
 
 CHUNK = 1 << 20
+STALL_TIMEOUT_S = 15.0          # a child that takes no byte for this long is cut off (piecefetch's stall)
 log = logging.getLogger("dfnet.upload")
 
 
@@ -96,6 +100,10 @@ async def send_file_range(request: web.Request, resp: web.StreamResponse, path, 
     loop = asyncio.get_running_loop()
     transport = request.transport
     with open(path, "rb") as f:
+        if n and all(math.isinf(b.rate) for b in buckets()) and _threadable(transport):
+            await _send_in_thread(transport, f.fileno(), offset, n)
+            on_sent(n)
+            return
         sent = 0
         while sent < n:
             limits = buckets()
@@ -110,3 +118,28 @@ async def send_file_range(request: web.Request, resp: web.StreamResponse, path, 
                 await resp.write(os.pread(f.fileno(), k, offset + sent))
             sent += k
             on_sent(k)
+
+
+def _threadable(transport) -> bool:
+    """A plain TCP connection whose written bytes have all gone (the header, written at
+    `prepare` into an empty socket buffer, nearly always): a worker thread may send on it."""
+    return (transport is not None and not transport.is_closing() and transport.get_write_buffer_size() == 0
+            and transport.get_extra_info("sslcontext") is None and transport.get_extra_info("socket") is not None)
+
+
+async def _send_in_thread(transport, fd: int, offset: int, n: int) -> None:
+    """`n` bytes of file `fd` from `offset` in one blocking `sendfile` in a worker thread; a
+    child gone or stalled raises `ConnectionResetError`. The event loop does not read the
+    connection meanwhile (the thread's socket is blocking) and writes nothing to it (the
+    handler is waiting here)."""
+    reading = transport.is_reading()
+    transport.pause_reading()
+    try:
+        sent = await SocketThread(transport, STALL_TIMEOUT_S, SENDERS).run(lambda tx: tx.send_file(fd, offset, n))
+    except (Stalled, Stopped, OSError) as e:
+        raise ConnectionResetError(f"peer went away ({type(e).__name__})") from None
+    finally:
+        if reading and not transport.is_closing():
+            transport.resume_reading()
+    if sent < n:
+        raise ConnectionResetError("peer went away")

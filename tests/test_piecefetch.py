@@ -613,3 +613,96 @@ def test_a_child_that_hangs_up_mid_piece_is_routine_for_the_parent(tmp_path, cap
     run(main())
     errors = [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
     assert not errors, [r.getMessage() for r in errors]
+
+
+BIG = 16 * MiB          # more than a loopback socket's buffers hold: a sender that is not read blocks
+
+
+class BigParent:
+    """A real upload server with one task of one `BIG` piece, no upload limit."""
+
+    def __init__(self, root):
+        self.files = TaskFiles.create(root / "big-parent", TID, {"length": BIG, "piece_size": BIG})
+        self.files.write(0, random.Random(5).randbytes(BIG))
+        self.files.commit(0, self.files.sha256(0))
+
+    async def __aenter__(self):
+        app = web.Application()
+        app.router.add_get("/v1/tasks/{task}/pieces/{piece}",
+                           piece_handler({TID: Servable(self.files, {TOKEN})}.get, lambda: (bucket(),)))
+        self.runner, self.addr = await serve.start(app, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.runner.cleanup()
+        self.files.close()
+
+    async def ask(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A request for the piece on a new connection whose receive buffer stays small."""
+        import socket
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        s.setblocking(False)
+        host, port = self.addr.split(":")
+        await asyncio.get_running_loop().sock_connect(s, (host, int(port)))
+        r, w = await asyncio.open_connection(sock=s)
+        w.write(f"GET /v1/tasks/{TID}/pieces/0 HTTP/1.1\r\nHost: x\r\nX-Dfly-Token: {TOKEN}\r\n\r\n".encode())
+        await w.drain()
+        assert (await r.read(64 * 1024)).startswith(b"HTTP/1.1 200")
+        return r, w
+
+
+async def _fetch_big(parent: BigParent, root) -> str:
+    """The big piece through a fresh pool, spliced into a fresh task: its sha256."""
+    from dfnet.storage import PieceWriter
+    files = TaskFiles.create(root, TID, {"length": BIG, "piece_size": BIG})
+    writer, pool = PieceWriter(files, 0), Pool()
+    try:
+        await pool.fetch(parent.addr, f"/v1/tasks/{TID}/pieces/0", {"X-Dfly-Token": TOKEN}, BIG, None,
+                         timeout=30, into=writer)
+        return writer.hexdigest()
+    finally:
+        pool.close()
+        files.close()
+
+
+def test_a_child_that_stops_reading_an_unlimited_piece_is_cut_off(tmp_path, monkeypatch):
+    """An unlimited piece goes out from a sending thread, which gives up on a child that takes
+    no byte for the stall timeout; the parent serves on. (Through the event loop's sendfile,
+    such a child held its upload, and the parent's slot, for as long as it stayed connected.)"""
+    from dfnet import upload
+    monkeypatch.setattr(upload, "STALL_TIMEOUT_S", 0.5)
+
+    async def main():
+        async with BigParent(tmp_path) as parent:
+            r, w = await parent.ask()
+            await asyncio.sleep(4.0)                    # reads nothing: the parent's send stalls (noticed within ~4 x 0.5 s)
+            got = 0
+            while chunk := await asyncio.wait_for(r.read(1 << 20), 10):
+                got += len(chunk)
+            w.close()
+            assert got < BIG                            # cut off: a short body, then the close
+            assert await _fetch_big(parent, tmp_path / "c") == parent.files.sha256(0)
+    run(main())
+
+
+def test_a_child_that_hangs_up_mid_unlimited_piece_is_routine(tmp_path, caplog):
+    """The sending thread meets a closed socket: no error in the parent's log, no thread
+    left, and the parent goes on serving."""
+    async def main():
+        async with BigParent(tmp_path) as parent:
+            r, w = await parent.ask()
+            w.transport.abort()                         # gone mid-piece
+            await asyncio.sleep(0.5)
+            assert await _fetch_big(parent, tmp_path / "c") == parent.files.sha256(0)
+            assert not sending_threads()
+    run(main())
+    errors = [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+    assert not errors, [r.getMessage() for r in errors]
+
+
+def sending_threads() -> int:
+    """Threads inside a piece upload's `sendfile` right now."""
+    from dfnet.sockthread import Receiver
+    return sum(1 for f in sys._current_frames().values()
+               for fr in traceback.walk_stack(f) if fr[0].f_code is Receiver.send_file.__code__)

@@ -177,10 +177,17 @@ class Daemon:
             await _send(resp, {"event": "start", "peer": self.peer_id})
             while not job.task.done():
                 changed.clear()
-                await asyncio.wait([job.task, asyncio.ensure_future(changed.wait())], timeout=PROGRESS_EVERY_S * 4,
-                                   return_when=asyncio.FIRST_COMPLETED)
+                waiter = asyncio.ensure_future(changed.wait())
+                try:
+                    await asyncio.wait([job.task, waiter], timeout=PROGRESS_EVERY_S * 4,
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
                 await _send(resp, {"event": "progress", "bytes": job.done, "length": job.total})
-                await asyncio.sleep(PROGRESS_EVERY_S)
+                # at most one progress line per PROGRESS_EVERY_S, but the end goes out at once:
+                # a plain sleep here held every download's "done" for the rest of it (0.125 s
+                # on average, 3% of a 1 GiB download at 250 MB/s)
+                await asyncio.wait([job.task], timeout=PROGRESS_EVERY_S)
             try:
                 files = job.task.result()
                 if req.output is not None:
