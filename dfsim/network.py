@@ -159,7 +159,7 @@ class Network:
     def shrink(self, f: Flow, nbytes: float) -> None:
         """Take `nbytes` off the end of a running flow (the end game hands them to another
         parent); it keeps its rate and ends earlier."""
-        now = self.env._now
+        now: float = self.env._now
         self._settle(f, now)
         nbytes = min(nbytes, f.remaining)
         f.size -= nbytes
@@ -212,7 +212,7 @@ class Network:
 
     def _flush(self, _event) -> None:
         self._flush_pending = False
-        now = self.env._now
+        now: float = self.env._now
         receivers: dict[Resource, None] = {}
         for r in self._dirty:
             if r.receiver:
@@ -338,7 +338,7 @@ class Network:
             ev.callbacks.append(self._wake)
 
     def _wake(self, _event) -> None:
-        now = self.env._now
+        now: float = self.env._now
         due = now + 1e-9 * max(1.0, now)         # rounding in now + delay
         if self._wake_at <= due:
             self._wake_at = INF                  # this is the wake-up `_arm` asked for

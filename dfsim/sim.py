@@ -140,10 +140,11 @@ class Simulation:
         self.task = Task.for_url(f"http://origin.sim/{scenario.name}", f.size, f.piece_size)
         self._build_nodes()
         # the piece grid and settings the per-piece path reads, looked up once
-        self._n_pieces = self.task.n_pieces
-        self._piece_size = self.task.piece_size
-        self._last_piece = self._n_pieces - 1
-        self._last_size = self.task.piece_length(self._last_piece) if self._n_pieces else 0
+        # (typed: `Task` and SimPy are not compiled; untyped values make generic object math)
+        self._n_pieces: int = self.task.n_pieces
+        self._piece_size: int = self.task.piece_size
+        self._last_piece: int = self._n_pieces - 1
+        self._last_size: int = self.task.piece_length(self._last_piece) if self._n_pieces else 0
         self._end_game = scenario.scheduler.end_game
         self._running: dict[tuple[int, int], Transfer] = {}    # (child, piece) -> its first part
         self._startup = bool(scenario.network.piece_overhead_s or scenario.network.ramp_bytes)
@@ -366,7 +367,7 @@ class Simulation:
         """Ask the scheduler what `h` should do, and do it."""
         if h.left or h.done_at is not None:
             return
-        now = self.env._now
+        now: float = self.env._now
         d = self.sched.request(h.peer, now)
         kind = d.kind
         if kind == ASSIGN:
@@ -406,7 +407,7 @@ class Simulation:
         child, parent = t.child, t.parent
         if cut <= 0:
             # an empty part: its piece ends this instant
-            now = self.env._now
+            now: float = self.env._now
             self._at(now, lambda: self._wake(self.sched.part_done(child.peer, t.piece, parent.peer, 0, now)))
             return
         first.parts = t.parts = [first, t]
@@ -438,7 +439,7 @@ class Simulation:
     def _piece_done(self, flow: Flow) -> None:
         t: Transfer = flow.tag
         child, parent = t.child, t.parent
-        now = self.env._now
+        now: float = self.env._now
         cross = child.idc != parent.idc
         if cross:
             self.cross_idc_bytes += flow.size

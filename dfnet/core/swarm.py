@@ -161,10 +161,12 @@ class Swarm:
     def __init__(self, task: Task, upload_slots: int, seed_upload_slots: int,
                  min_upload_bps: float = 0.0, capacity: int = 64):
         self.task = task
-        self._piece_size = task.piece_size
+        # typed: `Task` is not compiled, and an untyped count makes every comparison with it
+        # generic object math in the compiled build
+        self._piece_size: int = task.piece_size
         self.min_upload_bps = min_upload_bps
-        self.n_pieces = task.n_pieces
-        self.full_bits = (1 << self.n_pieces) - 1   # every piece
+        self.n_pieces: int = task.n_pieces
+        self.full_bits: int = (1 << self.n_pieces) - 1   # every piece
         self.upload_slots = upload_slots
         self.seed_upload_slots = seed_upload_slots
         self.peers: list[PeerInfo] = []
@@ -175,7 +177,7 @@ class Swarm:
         # every peer that ever held each piece, in arrival order, for sampling holders at random.
         # Compact arrays: a list would box each entry, and Double 11 keeps 12.8 million of
         # them (half a GB of int objects, scattered among everything the run touches)
-        self.holders: list[array] = [array("i") for _ in range(self.n_pieces)]
+        self.holders: list[array[int]] = [array("i") for _ in range(self.n_pieces)]
         # the bitset view: bit p of an int is piece p
         self.have_bits: list[int] = []      # per peer: the pieces it holds
         self.run_bits: list[int] = []       # per peer: the pieces in flight to it
