@@ -786,3 +786,33 @@ def test_features_are_not_kept_by_default():
     peer(swarm, "src", "all")
     child = peer(swarm, "child")
     assert all(a.features is None for a in sched.request(child, 0.0).assignments)
+
+
+@pytest.mark.parametrize("n_pieces", [5, 60, 1280])
+def test_rarest_is_the_least_held_lowest_index(n_pieces):
+    """`Swarm.rarest` (counts compared for a few pieces, else a walk up the count levels) gives
+    the least held piece, the lowest index on ties: checked against a direct minimum on a swarm
+    whose counts spread over many levels, for random subsets and for subsets of common pieces
+    (a parent's usual offer)."""
+    rng = random.Random(n_pieces)
+    swarm, _ = make(n_pieces)
+    held_by = [rng.randrange(200) for _ in range(n_pieces)]     # counts spread over many levels
+    for k in range(200):
+        p = peer(swarm, f"p{k}")
+        for piece in range(n_pieces):
+            if k < held_by[piece]:
+                swarm.add_piece(p, piece)
+    avail = swarm.avail_bits
+    median = swarm.filled[len(swarm.filled) // 2]
+    common = sum(1 << p for p in range(n_pieces) if swarm.count_list[p] >= median)
+    checked = 0
+    for q in range(300):
+        sub = avail if q % 10 else common
+        for _ in range(rng.randrange(9)):
+            sub &= rng.getrandbits(n_pieces)
+        if not sub:
+            continue
+        want = min((p for p in range(n_pieces) if sub >> p & 1), key=lambda p: (swarm.count_list[p], p))
+        assert swarm.rarest(sub) == want
+        checked += 1
+    assert checked > 100
