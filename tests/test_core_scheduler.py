@@ -790,7 +790,8 @@ def test_features_are_not_kept_by_default():
 
 @pytest.mark.parametrize("n_pieces", [5, 60, 1280])
 def test_rarest_is_the_least_held_lowest_index(n_pieces):
-    """`Swarm.rarest` (counts compared for a few pieces, else a walk up the count levels) gives
+    """`Swarm.rarest` (counts compared for a few pieces, else a walk up the count levels by
+    blocks) gives
     the least held piece, the lowest index on ties: checked against a direct minimum on a swarm
     whose counts spread over many levels, for random subsets and for subsets of common pieces
     (a parent's usual offer)."""
@@ -802,6 +803,12 @@ def test_rarest_is_the_least_held_lowest_index(n_pieces):
         for piece in range(n_pieces):
             if k < held_by[piece]:
                 swarm.add_piece(p, piece)
+    # the blocks of levels a walk skips by are the OR of their levels, kept up piece by piece
+    expect = [0] * len(swarm.blocks)
+    for c in swarm.filled:
+        expect[c // 32] |= swarm.levels[c]
+    assert swarm.blocks == expect
+    swarm.remove_peer(3)            # counts go down: the view is rebuilt
     avail = swarm.avail_bits
     median = swarm.filled[len(swarm.filled) // 2]
     common = sum(1 << p for p in range(n_pieces) if swarm.count_list[p] >= median)
