@@ -405,7 +405,9 @@ class Swarm:
                 pieces = rest
             return best
         levels, filled, blocks = self.levels, self.filled, self.blocks
-        for b in range(len(blocks)):
+        # from the lowest count held: late in a flash crowd every piece has thousands of
+        # holders, and the blocks below are empty
+        for b in range(filled[0] // LEVEL_BLOCK, len(blocks)):
             if blocks[b] & pieces:
                 # the lowest non-empty level of this block that holds one of them
                 for i in range(bisect_left(filled, b * LEVEL_BLOCK), len(filled)):

@@ -86,6 +86,11 @@ def main() -> None:
     if args.double11_default:
         runs.append(("double11 10,000 x 5 GB, 15 MiB", SCENARIOS / "double11.toml", []))
     for label, path, sets in runs:
+        # each run is a new process, which takes the compiled form only if every compiled
+        # source is still what was compiled: an edit meanwhile would time the source silently
+        now_compiled, why = use_compiled()
+        if now_compiled != compiled:
+            print(f"{label}: runs {'compiled' if now_compiled else 'from source'} ({why})", flush=True)
         s, cpu = run_scenario(path, sets, args.policy)
         rate = s["events"] / s["wall_s"]
         pieces = s["hosts"] * -(-s["file_bytes"] // s["piece_bytes"])
