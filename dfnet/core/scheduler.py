@@ -671,6 +671,8 @@ class Scheduler:
             base += w_down * sw.peers[child].download_bps
         per_parent: dict[int, float] = {}
         piece_terms = self._lin_piece
+        running = sw.running[child]
+        centre = sum(running) / len(running) if running else -1.0    # as in `_features`
         tie, rand = self._lin_tie, self._rand
         out: list[float] = []
         s: float
@@ -689,17 +691,17 @@ class Scheduler:
                     s += w_loc * match[loc[q]]
                 per_parent[q] = s
             if piece_terms:
-                s += self._piece_part(child, p)
+                s += self._piece_part(p, centre)
             out.append(s + tie * rand() if tie else s)
         return out
 
-    def _piece_part(self, child: int, piece: int) -> float:
-        """The piece columns' share of a linear score (`_features` computes the same cells)."""
+    def _piece_part(self, piece: int, centre: float) -> float:
+        """The piece columns' share of a linear score (`_features` computes the same cells;
+        `centre`: the mean of the child's running pieces, -1 when none runs)."""
         sw = self.swarm
         c = sw.count_list[piece]
-        running = sw.running[child]
         cells = (c, c / max(sw.online_peers, 1), piece / sw.n_pieces,
-                 abs(piece - sum(running) / len(running)) / sw.n_pieces if running else 0.0)
+                 abs(piece - centre) / sw.n_pieces if centre >= 0.0 else 0.0)
         s = 0.0
         for col, w in self._lin_piece:
             s += w * cells[col]

@@ -95,7 +95,7 @@ class _History:
     recent bytes sent, decayed. One object per peer with typed fields: compiled, the floats
     live in it unboxed, where a list of them made a new float object per update."""
 
-    __slots__ = ("ok", "failed", "n", "mean", "m2", "last", "bad", "sent_t", "sent_rate", "sent_minute")
+    __slots__ = ("ok", "failed", "n", "mean", "m2", "bad", "sent_t", "sent_rate", "sent_minute")
 
     def __init__(self) -> None:
         self.ok = 0                 # pieces served
@@ -103,7 +103,6 @@ class _History:
         self.n = 0                  # piece costs seen
         self.mean = 0.0
         self.m2 = 0.0
-        self.last = 0.0
         self.bad = False
         self.sent_t = 0.0           # when the sent counters were last decayed
         self.sent_rate = 0.0        # bytes, decayed with TAU_RATE_S
@@ -509,7 +508,7 @@ class Swarm:
         k += 1
         delta = cost - mean
         mean += delta / k
-        h.n, h.mean, h.last = k, mean, cost
+        h.n, h.mean = k, mean
         h.m2 += delta * (cost - mean)
         pf[row + _MEAN_COST] = mean
         self.no_parent_tries[child] = 0
