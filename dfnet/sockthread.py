@@ -1,7 +1,7 @@
 """A body moved by a worker thread on a socket that an asyncio transport owns.
 
 The event loop parses an answer's header; then, for a body of known length, one worker thread
-takes the socket and moves the body itself. Receiving: Through the event loop the same body cost a
+takes the socket and moves the body itself. Receiving: through the event loop the same body cost a
 selector wake-up and Python callbacks per `recv` (about 16 per MiB on loopback) plus a thread
 round trip per batch for the hash and the write (py-spy and per-thread CPU, bench_live single).
 Used by `dfnet.daemon.piecefetch` (pieces from parents) and `dfnet.source` (the seed's
@@ -81,17 +81,7 @@ class Receiver:
 
     def fill(self, view: memoryview) -> int:
         """Receive until `view` is full; fewer bytes when the peer closed the connection."""
-        got, want = 0, len(view)
-        while got < want:
-            try:
-                n = self._sock.recv_into(view[got:], 0, socket.MSG_WAITALL)
-            except (BlockingIOError, TimeoutError):
-                n = -1
-            self._check(n)
-            if n == 0:
-                break
-            got += n
-        return got
+        return self._until(len(view), lambda got: self._sock.recv_into(view[got:], 0, socket.MSG_WAITALL))
 
     def splice(self, fd: int, offset: int, n: int) -> int:
         """Move `n` bytes from the socket into file `fd` at `offset`; fewer when the peer
@@ -126,17 +116,22 @@ class Receiver:
     def send_file(self, fd: int, offset: int, n: int) -> int:
         """Send `n` bytes of file `fd` from `offset` (`sendfile(2)`: from the page cache, no
         copy into this process); fewer when the peer shut its end."""
-        sent = 0
-        while sent < n:
+        return self._until(n, lambda sent: os.sendfile(self._sock.fileno(), fd, offset + sent, n - sent))
+
+    def _until(self, n: int, step: Callable[[int], int]) -> int:
+        """Bytes moved by `step(done)` calls until `n` are, or a call moves none (the peer's
+        end); a call that times out is a stall (`_check`)."""
+        done = 0
+        while done < n:
             try:
-                k = os.sendfile(self._sock.fileno(), fd, offset + sent, n - sent)
+                k = step(done)
             except (BlockingIOError, TimeoutError):
                 k = -1
             self._check(k)
             if k == 0:
                 break
-            sent += k
-        return sent
+            done += k
+        return done
 
     def _drain(self, r: int, fd: int, offset: int, k: int) -> None:
         """Pipe to file: `k` bytes, all of them, at `offset`."""
