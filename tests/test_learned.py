@@ -224,6 +224,10 @@ def store(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         mp.chdir(root)       # anything written to the default ./mlflow.db or ./runs stays here
+        # an empty store from the start, so a test run alone (`-k`) finds one as it does after
+        # the tests that register models
+        from mlflow.tracking import MlflowClient
+        MlflowClient(uri).search_registered_models()
         yield uri
 
 
